@@ -1,0 +1,1 @@
+"""Daedalus: point-in-time-correct training data."""
