@@ -1,0 +1,126 @@
+"""Day partitions on disk: `<root>/dt=YYYY-MM-DD/`, each complete or absent.
+
+A stage writes a day into a hidden staging folder beside it and renames it into
+place, so readers never see half a day. A per-day lock file keeps two runs
+from writing the same day at once; staging folders left by a killed run are
+removed by the next writer of that day.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from daedalus.errors import DaedalusError
+
+STAGING_PREFIX = ".staging-"
+LOCK_DIR = ".locks"
+
+
+def day_name(day: dt.date) -> str:
+    return f"dt={day:%Y-%m-%d}"
+
+
+def day_path(root: Path, day: dt.date) -> Path:
+    return Path(root) / day_name(day)
+
+
+def present_days(root: Path) -> set[dt.date]:
+    """Days whose folder has been published (staging folders are invisible)."""
+    root = Path(root)
+    if not root.is_dir():
+        return set()
+    out = set()
+    for child in root.iterdir():
+        if child.is_dir() and child.name.startswith("dt="):
+            with contextlib.suppress(ValueError):
+                out.add(dt.date.fromisoformat(child.name[3:]))
+    return out
+
+
+def ensure_writable(root: Path, what: str = "output root") -> Path:
+    root = Path(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise DaedalusError(f"{root}: {what} is not writable ({exc.strerror})"
+                            " (fix: choose a writable --output-root or fix its permissions)") from None
+    return root
+
+
+@contextlib.contextmanager
+def day_lock(root: Path, day: dt.date, blocking: bool = False) -> Iterator[None]:
+    """Exclusive lock on one day of one root; refuses a second writer with a clear error."""
+    lock_dir = Path(root) / LOCK_DIR
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    path = lock_dir / f"{day_name(day)}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            raise DaedalusError(f"{day_path(root, day)}: day {day} is being written by {holder}"
+                                " (fix: wait for that run to finish, then rerun)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def clean_staging(root: Path, day: dt.date) -> None:
+    """Remove staging folders a killed run left for this day (caller holds the day lock)."""
+    root = Path(root)
+    if root.is_dir():
+        for child in root.glob(f"{STAGING_PREFIX}{day_name(day)}-*"):
+            shutil.rmtree(child, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_day(root: Path, day: dt.date) -> Iterator[Path]:
+    """Yield an empty staging folder; on success publish it as the day, atomically.
+
+    An existing day is swapped out by rename, so a reader sees the old day or the
+    new one, never a mix. On failure the staging folder is removed.
+    """
+    root = Path(root)
+    clean_staging(root, day)
+    staging = root / f"{STAGING_PREFIX}{day_name(day)}-{uuid.uuid4().hex[:12]}"
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+        _fsync_dir(staging)
+        final = day_path(root, day)
+        if final.exists():
+            retired = root / f"{STAGING_PREFIX}{day_name(day)}-old-{uuid.uuid4().hex[:12]}"
+            final.rename(retired)
+            staging.rename(final)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            staging.rename(final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _fsync_dir(path: Path) -> None:
+    for child in path.iterdir() if path.is_dir() else ():
+        if child.is_file():
+            with open(child, "rb") as fh:
+                os.fsync(fh.fileno())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
