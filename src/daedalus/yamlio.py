@@ -10,13 +10,23 @@ import yaml
 from daedalus.errors import DaedalusError, at
 
 
+class _Loader(yaml.SafeLoader):
+    """Safe loader that leaves dates as text, so pydantic validates them and names the key."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def load_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
     """Load a YAML file that must hold a mapping; `what` says what the file is for."""
     path = Path(path)
     if not path.is_file():
         raise DaedalusError(f"{path}: {what} file not found (fix: create it or pass the right path)")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - a SafeLoader
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"

@@ -1,0 +1,114 @@
+"""Compile: the engine-tagged DAG, its YAML round trip, and hand-edited overrides."""
+
+from __future__ import annotations
+
+import yaml
+
+from daedalus.cli import main
+from daedalus.compiler import compile_service, override_path, resolve_pipeline
+from daedalus.operators import OPERATOR_KINDS, OperatorPipeline, load_pipeline_yaml
+
+
+def compiled(project):
+    config, registry = project.load()
+    return compile_service(registry, "dssm_ranking", config)
+
+
+def test_dag_uses_all_nine_kinds_with_declared_engines(project):
+    pipeline = compiled(project)
+    kinds = {op.kind for op in pipeline.operators}
+    assert kinds == set(OPERATOR_KINDS)
+    for op in pipeline.operators:
+        assert op.engine in op.can_run_on()
+    assert {op.kind for op in pipeline.enrichment} == {"RayUdfTransform", "Sink"}
+    assert pipeline.op("pit_user_profile").ttl == "3d"
+    assert pipeline.op("pit_artwork_stats").ttl == "2d"
+    rolling = pipeline.op("rolling_user_likes")
+    assert [a.name for a in rolling.aggregations] == ["like_artwork_ids_7d", "like_count_7d"]
+    assert pipeline.op("scan_user_likes").lookback == "7d"
+
+
+def test_every_sql_operator_carries_its_sql(project):
+    for op in compiled(project).operators:
+        if op.engine == "sql":
+            assert op.sql and "SELECT" in op.sql.upper(), op.name
+
+
+def test_yaml_round_trip_is_lossless(project):
+    pipeline = compiled(project)
+    again = OperatorPipeline.model_validate(yaml.safe_load(pipeline.to_yaml()))
+    assert again == pipeline
+    assert again.to_yaml() == pipeline.to_yaml()
+
+
+def test_compile_cli_writes_generated_and_echoes(project, capsys, tmp_path):
+    out_dir = tmp_path / "pipelines"
+    assert main(["pipeline", "compile", "dssm_ranking", "--output-dir", str(out_dir),
+                 *project.cli_flags()]) == 0
+    echoed = capsys.readouterr().out
+    written = out_dir / "dssm_ranking.generated.yaml"
+    assert written.is_file()
+    assert load_pipeline_yaml(written) == OperatorPipeline.model_validate(yaml.safe_load(echoed))
+
+
+def test_compile_no_write_writes_nothing(project, capsys, tmp_path):
+    out_dir = tmp_path / "pipelines"
+    assert main(["pipeline", "compile", "dssm_ranking", "--output-dir", str(out_dir), "--no-write",
+                 *project.cli_flags()]) == 0
+    assert "kind: RollingAggregate" in capsys.readouterr().out
+    assert not out_dir.exists()
+
+
+def test_hand_edited_override_takes_precedence(project):
+    config, registry = project.load()
+    pipeline = compile_service(registry, "dssm_ranking", config)
+    text = pipeline.to_yaml().replace("ttl: 3d", "ttl: 1d")
+    override_path("dssm_ranking", project.pipelines).write_text(text)
+    resolved, source = resolve_pipeline(registry, "dssm_ranking", config, project.pipelines)
+    assert source == override_path("dssm_ranking", project.pipelines)
+    assert resolved.op("pit_user_profile").ttl == "1d"
+
+
+def test_engine_outside_can_run_on_is_refused(project, capsys):
+    config, registry = project.load()
+    text = compile_service(registry, "dssm_ranking", config).to_yaml()
+    marker = "engine: pythonic\n  description: Ray Data actors"
+    assert marker in text
+    override_path("dssm_ranking", project.pipelines).write_text(
+        text.replace(marker, "engine: sql\n  description: Ray Data actors"))
+    rc = main(["pipeline", "train", "dssm_ranking", "--pipelines-dir", str(project.pipelines),
+               "--target-date", "2026-02-01", *project.cli_flags()])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "dssm_ranking.yaml: operators[" in err and "enrich_embeddings" in err
+    assert "RayUdfTransform cannot run on 'sql'" in err and "pythonic" in err
+    assert err.count("\n") == 1
+
+
+def test_override_with_dangling_input_is_refused(project, capsys):
+    config, registry = project.load()
+    text = compile_service(registry, "dssm_ranking", config).to_yaml()
+    override_path("dssm_ranking", project.pipelines).write_text(
+        text.replace("- filter_spine_day\n", "- filter_spine_dya\n", 1))
+    rc = main(["pipeline", "train", "dssm_ranking", "--pipelines-dir", str(project.pipelines),
+               *project.cli_flags()])
+    assert rc == 2
+    assert "'filter_spine_dya' is not an earlier operator" in capsys.readouterr().err
+
+
+def test_lineage_service_and_view(project, capsys):
+    assert main(["lineage", "dssm_ranking", "--format", "json", *project.cli_flags()]) == 0
+    import json
+
+    info = json.loads(capsys.readouterr().out)
+    assert [u["view"] for u in info["upstream_views"]] == [
+        "feed_impressions", "user_profile", "artwork_stats", "user_likes"]
+    assert info["upstream_views"][0]["role"] == "spine"
+    assert all(u["source"] == u["view"] for u in info["upstream_views"])
+    assert main(["lineage", "user_likes", "--format", "json", *project.cli_flags()]) == 0
+    view = json.loads(capsys.readouterr().out)
+    assert view == {"name": "user_likes", "type": "feature_view", "sources": ["user_likes"],
+                    "downstream_services": ["dssm_ranking"]}
+    assert main(["lineage", "user_likes", *project.cli_flags()]) == 0
+    assert "downstream: dssm_ranking" in capsys.readouterr().out
+    assert main(["lineage", "nothing", *project.cli_flags()]) == 2
