@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from daedalus.demo_data import PRESETS, DemoDataSpec, generate_demo_data
+from daedalus.errors import DaedalusError
 
 DAY_US = 86_400_000_000
 TS = pa.timestamp("us", tz="UTC")
@@ -283,6 +284,6 @@ def test_tiny_specs_still_work_and_rerun_in_place(tmp_path):
 
 def test_refuses_to_overwrite_sources_it_did_not_write(tmp_path):
     (tmp_path / "feed_impressions").mkdir()
-    with pytest.raises(FileExistsError):
+    with pytest.raises(DaedalusError):
         generate_demo_data(tmp_path, DemoDataSpec(days=1, events_per_day=10))
     assert (tmp_path / "feed_impressions").is_dir()

@@ -42,6 +42,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from daedalus.errors import DaedalusError
+
 DAY_US = 86_400_000_000
 EMBEDDING_DIM = 1152
 LIKE_WINDOW_US = 7 * DAY_US
@@ -153,7 +155,7 @@ def _claim_root(root: Path) -> None:
     """Refuse to overwrite sources this generator did not write, e.g. a real feed."""
     existing = [root / name for name in SCHEMAS if (root / name).exists()]
     if existing and not (root / MARKER).exists():
-        raise FileExistsError(
+        raise DaedalusError(
             f"{root} already holds {', '.join(p.name for p in existing)} and no {MARKER}: "
             "not demo data, refusing to overwrite (fix: pick an empty --root)"
         )
