@@ -1,0 +1,163 @@
+"""Day manifests: what a written day was computed from, so reruns can tell stale from fresh.
+
+Each published day folder holds `_manifest.json`, written last inside the
+staging folder and so published atomically with the day. It records the day's
+row count and files, a fingerprint of every input file it read (size and
+mtime), a hash of the operators and config that shaped it, and the code
+version. A day without a valid manifest is not complete.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from daedalus import __version__
+from daedalus.config import Config, parse_duration
+from daedalus.days import day_path
+
+MANIFEST_NAME = "_manifest.json"
+FORMAT = 1
+
+
+def _digest(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """Everything that decides a day's content; equal fingerprints mean an up-to-date day."""
+
+    inputs: dict[str, list[list[Any]]]
+    operators: dict[str, str]
+    config: str
+    code_version: str = __version__
+
+    def staleness(self, recorded: Fingerprint) -> str | None:
+        """Why a day recorded with `recorded` is stale for `self`, or None if it is not."""
+        for source in sorted(set(self.inputs) | set(recorded.inputs)):
+            now, then = self.inputs.get(source), recorded.inputs.get(source)
+            if now != then:
+                changed = sorted({tuple(f) for f in now or []} ^ {tuple(f) for f in then or []})
+                detail = f" ({changed[0][0]})" if changed else ""
+                return f"{source} changed since last run{detail}"
+        changed_ops = sorted(name for name in set(self.operators) | set(recorded.operators)
+                             if self.operators.get(name) != recorded.operators.get(name))
+        if changed_ops:
+            return f"compiled DAG changed (operator {', '.join(changed_ops)})"
+        if self.config != recorded.config:
+            return "config changed since last run"
+        if self.code_version != recorded.code_version:
+            return f"code version changed ({recorded.code_version} → {self.code_version})"
+        return None
+
+
+def file_fingerprints(root: Path, folders: list[Path]) -> list[list[Any]]:
+    """[relative path, size, mtime_ns] for every parquet file under the folders, sorted."""
+    out = []
+    for folder in folders:
+        if folder.is_dir():
+            for path in sorted(folder.glob("*.parquet")):
+                st = path.stat()
+                out.append([str(path.relative_to(root)), st.st_size, st.st_mtime_ns])
+    return out
+
+
+def scan_days(day: dt.date, lookback: str | None) -> list[dt.date]:
+    """The dt partitions a scan with this lookback reads for `day`, oldest first."""
+    back = math.ceil(parse_duration(lookback) / dt.timedelta(days=1)) if lookback else 0
+    return [day - dt.timedelta(days=i) for i in range(back, -1, -1)]
+
+
+def skeleton_fingerprint(pipeline, config: Config, day: dt.date) -> Fingerprint:
+    root = Path(config.base.sources_root)
+    inputs = {}
+    for op in pipeline.of_kind("Scan"):
+        folders = [root / op.source / f"dt={d:%Y-%m-%d}" for d in scan_days(day, op.lookback)]
+        inputs[op.source] = file_fingerprints(root, folders)
+    operators = {op.name: _digest(op.model_dump(mode="json", exclude={"description"}))
+                 for op in pipeline.source_side}
+    shaping = {"output_columns": [c.model_dump(mode="json") for c in config.runtime.output_columns],
+               "engine": config.runtime.compute.engine,
+               "chunk_rows": config.runtime.skeleton_chunk_rows,
+               "sources_root": str(Path(config.base.sources_root).resolve())}
+    return Fingerprint(inputs=inputs, operators=operators, config=_digest(shaping))
+
+
+def enrich_fingerprint(pipeline, config: Config, day: dt.date, skeleton_root: Path,
+                       stores: dict[str, Any]) -> Fingerprint:
+    """An enriched day depends on its skeleton day (by manifest) and the stores' versions."""
+    recorded = read_manifest(day_path(skeleton_root, day)) or {}
+    inputs = {"skeleton": [[f"dt={day:%Y-%m-%d}", recorded.get("rows"), recorded.get("written_at")]],
+              **{f"store:{name}": [[str(v)]] for name, v in sorted(stores.items())}}
+    operators = {op.name: _digest(op.model_dump(mode="json", exclude={"description"}))
+                 for op in pipeline.enrichment}
+    specs = [s.model_dump(mode="json") for s in config.aggregations.enrichment_specs]
+    stores_cfg = [s.model_dump(mode="json") for s in config.aggregations.embedding_stores]
+    return Fingerprint(inputs=inputs, operators=operators, config=_digest([specs, stores_cfg]))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    stage: str
+    day: str
+    rows: int
+    files: list[str]
+    fingerprint: Fingerprint
+    timings: dict[str, float] = field(default_factory=dict)
+    written_at: str = ""
+    format: int = FORMAT
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> Path:
+    """Write the manifest last, fsynced, inside the (staging) day folder."""
+    data = asdict(manifest)
+    data["written_at"] = manifest.written_at or dt.datetime.now(dt.UTC).isoformat()
+    path = Path(folder) / MANIFEST_NAME
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, indent=2, default=str)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+    return path
+
+
+def read_manifest(folder: Path) -> dict | None:
+    path = Path(folder) / MANIFEST_NAME
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        return None
+    return data
+
+
+def recorded_fingerprint(data: dict) -> Fingerprint | None:
+    try:
+        return Fingerprint(**data["fingerprint"])
+    except (KeyError, TypeError):
+        return None
+
+
+def day_state(folder: Path, current: Fingerprint) -> tuple[str, str]:
+    """('absent'|'incomplete'|'stale'|'complete', reason) for a day folder."""
+    folder = Path(folder)
+    if not folder.exists():
+        return "absent", "not written yet"
+    data = read_manifest(folder)
+    recorded = recorded_fingerprint(data) if data else None
+    if recorded is None:
+        return "incomplete", "no valid manifest"
+    reason = current.staleness(recorded)
+    if reason:
+        return "stale", reason
+    return "complete", "up to date"
