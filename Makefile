@@ -35,7 +35,7 @@ bench: install
 	.venv/bin/python bench/run_all.py
 
 dev: install
-	DAGSTER_HOME=$$(pwd)/.dagster_home .venv/bin/dagster dev -m daedalus.definitions -h 127.0.0.1 -p 3000
+	DAGSTER_HOME=$$(pwd)/.dagster_home .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 clean:
 	rm -rf data/training_output data/training_output_enriched data/store data/tmp
