@@ -139,6 +139,5 @@ def training_job(service: str):
     return dg.define_asset_job(
         name=training_job_name(service),
         selection=dg.AssetSelection.assets(training_asset_name(service)),
-        partitions_def=daily_partitions,
         executor_def=dg.in_process_executor,
     )
