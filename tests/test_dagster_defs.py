@@ -50,6 +50,7 @@ def test_definitions_hold_exactly_the_views_training_asset_checks_job_schedule_r
     assert [j.name for j in defs.jobs] == ["dssm_ranking_daily"]
     assert [s.name for s in defs.schedules] == ["dssm_ranking_daily_schedule"]
     assert set(defs.resources) == {"cfg"} and isinstance(defs.resources["cfg"], DaedalusConfig)
+    assert defs.executor is dg.in_process_executor
 
 
 def test_feature_views_are_external_parquet_assets_upstream_of_training(defs):

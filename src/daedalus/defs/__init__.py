@@ -32,5 +32,6 @@ def build_defs(cfg: DaedalusConfig | None = None) -> dg.Definitions:
         checks += training_checks(service, asset)
         jobs.append(job)
         schedules.append(dg.build_schedule_from_partitioned_job(job))
+    # In process for the UI's ad-hoc materializations too: a process per step costs a core.
     return dg.Definitions(assets=assets, asset_checks=checks, jobs=jobs, schedules=schedules,
-                          resources={"cfg": cfg})
+                          resources={"cfg": cfg}, executor=dg.in_process_executor)
