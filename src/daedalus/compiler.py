@@ -133,7 +133,7 @@ def with_sql(pipeline: OperatorPipeline) -> OperatorPipeline:
     """Attach the SQL each `sql` operator will run, so the DAG shows it."""
     from daedalus.skeleton import operator_sql
 
-    ops = tuple(op.model_copy(update={"sql": operator_sql(op, pipeline)}) if op.engine == "sql" else op
+    ops = tuple(op.model_copy(update={"sql": operator_sql(op, pipeline)}) if op.source_side else op
                 for op in pipeline.operators)
     return pipeline.model_copy(update={"operators": ops})
 

@@ -1,0 +1,166 @@
+"""Stable integer query ids (qid) per feed session, kept in `qid_map.parquet` at the output root.
+
+The map only grows (contract 00): a session keeps its qid forever; qids start at 0 and new
+sessions get the next integers in order of their first impression (ties by session), days
+assigned in date order. `assign_qid` is the Arrow function of the `assign_qid` operator;
+`QidMap` owns the file: it is read under a lock, appended in memory and replaced atomically
+(temp file + rename), always before the day that introduced the new sessions is published, so
+a rerun of that day finds its sessions already mapped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from daedalus.days import LOCK_DIR, present_days
+from daedalus.errors import DaedalusError
+
+
+def assign_qid(
+    sessions: pa.ChunkedArray | pa.Array,
+    known: pa.Table,
+    key: str = "feed_session",
+    value: str = "qid",
+) -> tuple[pa.Array, pa.Table]:
+    """qid per row of `sessions` (given in first-impression order), and the map rows it adds.
+
+    Known sessions keep their qid; unknown ones get max(qid) + 1, + 2, ... in order of first
+    appearance in `sessions`; a null session gets a null qid.
+    """
+    sessions = pa.chunked_array([sessions]) if isinstance(sessions, pa.Array) else sessions
+    sessions = sessions.cast(pa.string())
+    known_keys = known[key].cast(pa.string())
+    day = pc.unique(sessions.filter(pc.is_valid(sessions)))
+    idx = pc.index_in(day, value_set=known_keys)
+    day_qid = (
+        pc.take(known[value], idx).combine_chunks()
+        if len(known)
+        else pa.nulls(len(day), pa.int64())
+    )
+    new = pc.is_null(idx)
+    n_new = pc.sum(new).as_py() or 0
+    start = (pc.max(known[value]).as_py() + 1) if len(known) else 0
+    if n_new:
+        fill = np.full(len(day), -1, dtype=np.int64)
+        fill[np.asarray(new.to_numpy(zero_copy_only=False))] = np.arange(start, start + n_new)
+        day_qid = pc.if_else(new, pa.array(fill), day_qid)
+    added = pa.table({key: day.filter(new), value: pc.filter(day_qid, new).cast(pa.int64())})
+    per_row = pc.take(day_qid, pc.index_in(sessions, value_set=day)).combine_chunks()
+    return per_row.cast(pa.int64()), added
+
+
+class QidMap:
+    """The session → qid map file of one output root, shared by every day of a run."""
+
+    def __init__(
+        self, output_root: Path, state_file: str, key: str = "feed_session", value: str = "qid"
+    ):
+        self.root = Path(output_root)
+        self.path = self.root / state_file
+        self.key, self.value = key, value
+        self._table: pa.Table | None = None
+        self._stamp: tuple[int, int] | None = None
+        self._mutex = threading.Lock()
+
+    @property
+    def schema(self) -> pa.Schema:
+        return pa.schema([(self.key, pa.string()), (self.value, pa.int64())])
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One writer of the map at a time, across threads and processes."""
+        lock_dir = self.root / LOCK_DIR
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        with self._mutex:
+            fd = os.open(lock_dir / f"{self.path.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
+
+    def _file_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def _load(self) -> pa.Table:
+        stamp = self._file_stamp()
+        if self._table is not None and stamp == self._stamp:
+            return self._table
+        if stamp is None:
+            table = self._recover()
+        else:
+            try:
+                table = pq.read_table(self.path, columns=[self.key, self.value])
+            except Exception as exc:  # noqa: BLE001 - any unreadable map is the same fix
+                raise DaedalusError(
+                    f"{self.path}: not a readable qid map ({type(exc).__name__}: {exc})"
+                    " (fix: delete it; it is rebuilt from the days already written)"
+                ) from None
+            table = table.cast(self.schema)
+        self._table, self._stamp = table, stamp
+        return table
+
+    def _recover(self) -> pa.Table:
+        """No map file: rebuild it from the days already written, so their qids stay valid."""
+        files = [
+            str(f)
+            for d in sorted(present_days(self.root))
+            for f in sorted((self.root / f"dt={d:%Y-%m-%d}").glob("*.parquet"))
+        ]
+        if not files:
+            return self.schema.empty_table()
+        import duckdb
+
+        con = duckdb.connect()
+        try:
+            table = con.sql(
+                f"SELECT {self.key}, min({self.value}) AS {self.value} FROM read_parquet($files)"
+                f" WHERE {self.key} IS NOT NULL AND {self.value} IS NOT NULL"
+                f" GROUP BY {self.key} ORDER BY {self.value}, {self.key}",
+                params={"files": files},
+            ).to_arrow_table()
+        finally:
+            con.close()
+        table = table.cast(self.schema)
+        if len(table):
+            self._write(table)
+        return table
+
+    def _write(self, table: pa.Table) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+        self._stamp = self._file_stamp()
+
+    def recover_if_missing(self) -> None:
+        """Rebuild a lost map from the written days now, before any day is skipped or added."""
+        if self._file_stamp() is None:
+            with self._locked():
+                self._load()
+
+    def assign(self, sessions: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, int]:
+        """qid per row; new sessions are appended to the file before this returns."""
+        with self._locked():
+            known = self._load()
+            per_row, added = assign_qid(sessions, known, self.key, self.value)
+            if len(added):
+                table = pa.concat_tables([known, added.cast(self.schema)]).combine_chunks()
+                self._write(table)
+                self._table = table
+            return per_row, len(added)
