@@ -1,0 +1,228 @@
+"""The enrich kernel: embedding lookup and the windowed avg-pool, on numpy buffers.
+
+A day's like lists overlap heavily: the list of a user's next impression is a
+suffix of the previous list plus the likes made in between (contract 00: oldest
+first, the last 50 of a sliding 7-day window). `like_windows` recovers, per
+user, one like sequence in which every row's list is a contiguous slice, so
+`window_means` sums each slice as the difference of two prefix sums: the cost
+is O(sequence + rows) vectors, not O(sum of list lengths), and does not grow
+with the window length. The recovery never has to be "right", only valid:
+every row's list must equal its slice exactly, which is checked element by
+element; where an overlap does not check out the row simply starts afresh.
+
+Everything here is vectorized over rows; the only Python loop is over chunks of
+a few thousand sequence positions, which bounds the float64 prefix in memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+PREFIX_CHUNK = 512
+
+
+@dataclass(frozen=True)
+class EmbeddingTable:
+    """Embeddings of a set of ids: sorted `ids` and `matrix[i]` the vector of `ids[i]`.
+
+    `matrix` has one extra all-zero row at the end, the row every missing id maps to,
+    so gathers never need a mask.
+    """
+
+    ids: np.ndarray
+    matrix: np.ndarray
+
+    @classmethod
+    def from_rows(cls, ids: np.ndarray, vectors: np.ndarray) -> EmbeddingTable:
+        """Build from unsorted unique ids and their (n, dim) float16 vectors."""
+        order = np.argsort(ids, kind="stable")
+        matrix = np.zeros((ids.size + 1, vectors.shape[1]), dtype=np.float16)
+        np.take(vectors, order, axis=0, out=matrix[:-1])
+        return cls(ids=np.ascontiguousarray(ids[order], dtype=np.int64), matrix=matrix)
+
+    @property
+    def dim(self) -> int:
+        return self.matrix.shape[1]
+
+    @property
+    def missing_row(self) -> int:
+        return self.ids.size
+
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """Row of each id in `matrix`, `missing_row` where the table lacks it."""
+        if self.ids.size == 0:
+            return np.full(ids.shape, 0, dtype=np.int64)
+        pos = np.searchsorted(self.ids, ids)
+        pos[pos == self.ids.size] = 0
+        return np.where(self.ids[pos] == ids, pos, self.ids.size)
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flattened [start, start + length) ranges: (positions, range index of each)."""
+    lengths = lengths.astype(np.int64, copy=False)
+    owner = np.repeat(np.arange(lengths.size), lengths)
+    first = np.cumsum(lengths) - lengths
+    return np.arange(owner.size) - first[owner] + starts.astype(np.int64)[owner], owner
+
+
+@dataclass(frozen=True)
+class LikeWindows:
+    """Per-user like sequences and each row's slice of them.
+
+    `sequence` holds artwork ids; row `r` (in the batch's own order) has the list
+    `sequence[start[r]:end[r]]`. Users own disjoint, consecutive stretches of the
+    sequence; `user_start` lists where each begins.
+    """
+
+    sequence: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+    user_start: np.ndarray
+
+
+def like_windows(user_ids: np.ndarray, offsets: np.ndarray, values: np.ndarray) -> LikeWindows:
+    """Recover per-user like sequences from the rows' lists (see the module docstring).
+
+    Rows are taken in their batch order within each user (chronological in a day).
+    For each row whose predecessor of the same user has a non-empty list, the overlap
+    `o` is found from the first occurrence of the row's first id in the previous
+    list and kept only if the previous list's last `o` ids equal the row's first `o`;
+    the row then appends only its remaining ids to the sequence.
+    """
+    n = user_ids.size
+    offsets = offsets.astype(np.int64, copy=False)
+    order = np.argsort(user_ids, kind="stable")
+    user = user_ids[order]
+    first = offsets[:-1][order]
+    length = (offsets[1:] - offsets[:-1])[order]
+
+    overlap = np.zeros(n, dtype=np.int64)
+    pair = np.zeros(n, dtype=bool)
+    if n > 1:
+        pair[1:] = (user[1:] == user[:-1]) & (length[1:] > 0) & (length[:-1] > 0)
+    cur = np.flatnonzero(pair)
+    if cur.size:
+        prev = cur - 1
+        pos, owner = _ranges(first[prev], length[prev])
+        hit = np.flatnonzero(values[pos] == values[first[cur]][owner])
+        if hit.size:
+            keep = np.ones(hit.size, dtype=bool)
+            keep[1:] = owner[hit[1:]] != owner[hit[:-1]]
+            hit = hit[keep]
+            k = owner[hit]
+            j = pos[hit] - first[prev[k]]
+            o = length[prev[k]] - j
+            fits = o <= length[cur[k]]
+            k, j, o = k[fits], j[fits], o[fits]
+            a_pos, a_owner = _ranges(first[prev[k]] + j, o)
+            b_pos, _ = _ranges(first[cur[k]], o)
+            bad = np.bincount(a_owner[values[a_pos] != values[b_pos]], minlength=k.size) > 0
+            overlap[cur[k[~bad]]] = o[~bad]
+
+    added = length - overlap
+    end_sorted = np.cumsum(added)
+    start_sorted = end_sorted - length
+    seq_pos, _ = _ranges(first + overlap, added)
+    new_user = np.ones(n, dtype=bool)
+    if n > 1:
+        new_user[1:] = user[1:] != user[:-1]
+    start = np.empty(n, dtype=np.int64)
+    end = np.empty(n, dtype=np.int64)
+    start[order] = start_sorted
+    end[order] = end_sorted
+    return LikeWindows(sequence=values[seq_pos], start=start, end=end,
+                       user_start=np.unique((end_sorted - added)[new_user]))
+
+
+def window_means(windows: LikeWindows, table: EmbeddingTable,
+                 chunk: int = PREFIX_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+    """Mean embedding of each row's slice, over the ids the table has.
+
+    Returns (valid, means): `valid[r]` is False where no id of the row's list is in
+    the table; `means` holds the float16 means of the valid rows, in row order.
+    Each distinct slice is computed once (consecutive impressions often share a
+    list). Sums are float64 prefix differences, so the float16 result matches a
+    float32 direct sum up to rounding; chunks of the sequence begin at a user's
+    first position, so no slice crosses a chunk.
+    """
+    seq_rows = table.rows_of(windows.sequence)
+    found = np.zeros(windows.sequence.size + 1, dtype=np.int64)
+    np.cumsum(seq_rows != table.missing_row, out=found[1:])
+    counts = found[windows.end] - found[windows.start]
+    valid = counts > 0
+    if not valid.any():
+        return valid, np.empty((0, table.dim), dtype=np.float16)
+
+    span = windows.sequence.size + 1
+    keys, inverse = np.unique(windows.start[valid] * span + windows.end[valid], return_inverse=True)
+    start, end = keys // span, keys % span
+    scale = 1.0 / (found[end] - found[start])
+    means = np.empty((keys.size, table.dim), dtype=np.float16)
+    cuts = _chunk_starts(windows.user_start, windows.sequence.size, chunk)
+    at = np.searchsorted(start, cuts, side="left")
+    for lo, hi, w_lo, w_hi in zip(cuts[:-1], cuts[1:], at[:-1], at[1:], strict=True):
+        if w_lo == w_hi:
+            continue
+        prefix = _prefix_sums(table.matrix, seq_rows[lo:hi])
+        sums = prefix[end[w_lo:w_hi] - lo]
+        sums -= prefix[start[w_lo:w_hi] - lo]
+        sums *= scale[w_lo:w_hi, None]
+        means[w_lo:w_hi] = sums
+    return valid, means if keys.size == inverse.size and np.all(inverse == np.arange(keys.size)) \
+        else means[inverse]
+
+
+def _prefix_sums(matrix: np.ndarray, rows: np.ndarray, block: int = 16) -> np.ndarray:
+    """float64 prefix sums of `matrix[rows]`, shape (len(rows) + 1, dim), row 0 zero.
+
+    numpy's cumsum along axis 0 runs one column at a time; here a block of `block`
+    rows is summed with whole-row adds, block by block: O(len(rows) / block + block)
+    vectorized steps.
+    """
+    m, dim = rows.size, matrix.shape[1]
+    nb = -(-m // block)
+    out = np.zeros((nb * block + 1, dim), dtype=np.float64)
+    out[1 : m + 1] = matrix[rows]
+    blocks = out[1:].reshape(nb, block, dim)
+    for i in range(1, min(block, m)):
+        blocks[:, i] += blocks[:, i - 1]
+    for b in range(1, nb):
+        blocks[b] += blocks[b - 1, -1]
+    return out[: m + 1]
+
+
+def _chunk_starts(user_start: np.ndarray, total: int, chunk: int) -> np.ndarray:
+    """Sequence positions where chunks begin: user starts about `chunk` apart, plus the end."""
+    if total == 0:
+        return np.array([0, 0], dtype=np.int64)
+    nearest = np.searchsorted(user_start, np.arange(0, total, chunk), "right") - 1
+    cuts = np.concatenate([[0], user_start[np.unique(nearest)], [total]])
+    return np.unique(cuts).astype(np.int64)
+
+
+def lookup(ids: np.ndarray, table: EmbeddingTable) -> tuple[np.ndarray, np.ndarray]:
+    """(valid, vectors): each id's float16 vector, for the ids the table has, in order."""
+    rows = table.rows_of(ids)
+    valid = rows != table.missing_row
+    return valid, table.matrix[rows[valid]]
+
+
+def fp16_list_array(valid: np.ndarray, vectors: np.ndarray) -> pa.ListArray:
+    """A list<halffloat> column straight from buffers: `vectors` are the valid rows' values."""
+    n = valid.size
+    dim = vectors.shape[1] if vectors.ndim == 2 else 0
+    if vectors.size >= 2**31:
+        raise ValueError(f"{vectors.size} float16 values overflow int32 list offsets"
+                         " (fix: use smaller batches)")
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(valid, out=offsets[1:])
+    offsets *= dim
+    nulls = n - int(valid.sum())
+    bitmap = pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None
+    values = pa.Array.from_buffers(pa.float16(), vectors.size,
+                                   [None, pa.py_buffer(np.ascontiguousarray(vectors))])
+    return pa.Array.from_buffers(pa.list_(pa.float16()), n, [bitmap, pa.py_buffer(offsets)],
+                                 null_count=nulls, children=[values])

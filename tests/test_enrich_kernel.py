@@ -1,0 +1,149 @@
+"""The avg-pool / lookup kernel against a brute-force numpy reference, row by row."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from daedalus.avg_pool import EmbeddingTable, fp16_list_array, like_windows, lookup, window_means
+
+DIM = 8
+
+
+def reference_mean(ids: list[int], store: dict[int, np.ndarray]) -> np.ndarray | None:
+    """Contract 00: float32 mean of the vectors of the ids the store has, each occurrence counts."""
+    vectors = [store[i].astype(np.float32) for i in ids if i in store]
+    if not vectors:
+        return None
+    return (np.sum(vectors, axis=0, dtype=np.float32) / np.float32(len(vectors))).astype(np.float16)
+
+
+def assert_within_fp16_rounding(got: np.ndarray, want: np.ndarray) -> None:
+    gap = np.abs(got.astype(np.float32) - want.astype(np.float32))
+    assert np.all(gap <= np.spacing(np.abs(want)).astype(np.float32)), gap.max()
+
+
+def make_store(rng: np.random.Generator, ids, scale: float = 0.05) -> dict[int, np.ndarray]:
+    return {int(i): (rng.standard_normal(DIM) * scale).astype(np.float16) for i in ids}
+
+
+def feed_like_lists(rng: np.random.Generator, users: int, rows: int, artworks: int,
+                    cap: int = 50) -> tuple[np.ndarray, list[list[int]]]:
+    """Rows in time order; each list is the last `cap` likes of the user in a 7-unit window."""
+    likes = {u: (np.sort(rng.uniform(0, 20, rng.integers(0, 120))),
+                 rng.integers(1, artworks + 1, 120)) for u in range(users)}
+    times = np.sort(rng.uniform(7, 20, rows))
+    user = rng.integers(0, users, rows)
+    lists = []
+    for t, u in zip(times, user, strict=True):
+        ts, ids = likes[u]
+        seen = [(s, int(a)) for s, a in zip(ts, ids[: ts.size], strict=True) if t - 7 <= s < t]
+        lists.append([a for _, a in sorted(seen)][-cap:])
+    return user.astype(np.int64), lists
+
+
+def run_kernel(user: np.ndarray, lists: list[list[int]], store: dict[int, np.ndarray],
+               chunk: int = 512):
+    arr = pa.array(lists, type=pa.list_(pa.int64()))
+    ids = np.array(sorted(store), dtype=np.int64)
+    vectors = np.stack([store[i] for i in ids]) if ids.size else np.zeros((0, DIM), np.float16)
+    table = EmbeddingTable.from_rows(ids[::-1].copy(), vectors[::-1].copy())
+    windows = like_windows(user, arr.offsets.to_numpy(), arr.values.to_numpy())
+    for r, want in enumerate(lists):
+        assert windows.sequence[windows.start[r]:windows.end[r]].tolist() == want
+    return windows, window_means(windows, table, chunk=chunk)
+
+
+def check_means(lists, store, valid, means) -> None:
+    k = 0
+    for r, ids in enumerate(lists):
+        want = reference_mean(ids, store)
+        assert valid[r] == (want is not None), (r, ids)
+        if want is not None:
+            assert_within_fp16_rounding(means[k], want)
+            k += 1
+    assert k == means.shape[0]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_sliding_window_means_match_brute_force(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    user, lists = feed_like_lists(rng, users=12, rows=400, artworks=60, cap=rng.choice([5, 50]))
+    store = make_store(rng, rng.choice(np.arange(1, 61), 45, replace=False))
+    windows, (valid, means) = run_kernel(user, lists, store, chunk=int(rng.choice([1, 7, 64, 512])))
+    check_means(lists, store, valid, means)
+    assert windows.sequence.size < sum(map(len, lists)) / 3
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_arbitrary_lists_still_match(seed: int) -> None:
+    """Lists that are not sliding windows (shuffled, repeated ids) fall back to fresh slices."""
+    rng = np.random.default_rng(100 + seed)
+    rows = 300
+    user = rng.integers(0, 5, rows).astype(np.int64)
+    lists = [rng.integers(1, 6, rng.integers(0, 9)).tolist() for _ in range(rows)]
+    store = make_store(rng, np.arange(1, 5))
+    _, (valid, means) = run_kernel(user, lists, store, chunk=int(rng.choice([1, 3, 512])))
+    check_means(lists, store, valid, means)
+
+
+def test_planted_edge_cases() -> None:
+    rng = np.random.default_rng(7)
+    store = make_store(rng, [1, 2, 3, 4])
+    cases = [
+        (1, []),              # empty list: null
+        (1, [9, 8]),          # no id in the store: null
+        (1, [1, 9, 2]),       # the missing id does not count
+        (1, [9, 2, 2, 2]),    # duplicates count each time
+        (2, [3]),
+        (2, [3, 4]),          # grows
+        (2, [4]),             # shrinks from the front
+        (2, [4, 4, 1]),
+        (3, [2, 2]),
+        (3, [2, 2, 2]),       # ambiguous overlap with repeats
+        (3, [2, 1, 2]),
+        (2, [4, 4, 1]),       # identical to the user's previous row
+    ]
+    user = np.array([u for u, _ in cases], dtype=np.int64)
+    lists = [ids for _, ids in cases]
+    _, (valid, means) = run_kernel(user, lists, store)
+    check_means(lists, store, valid, means)
+
+
+def test_single_id_mean_is_the_vector_itself() -> None:
+    """A mean of one occurrence is the stored float16 vector bit for bit, also for tiny values."""
+    rng = np.random.default_rng(3)
+    store = make_store(rng, np.arange(1, 200), scale=1e-4)
+    user = np.zeros(199, dtype=np.int64)
+    lists = [[i] for i in range(1, 200)]
+    _, (valid, means) = run_kernel(user, lists, store)
+    assert valid.all()
+    want = np.stack([store[i] for i in range(1, 200)])
+    assert np.array_equal(means.view(np.uint16), want.view(np.uint16))
+
+
+def test_empty_batch_and_empty_store() -> None:
+    _, (valid, means) = run_kernel(np.zeros(0, np.int64), [], {})
+    assert valid.size == 0 and means.shape == (0, DIM)
+    _, (valid, means) = run_kernel(np.array([1, 1], np.int64), [[1, 2], [2]], {})
+    assert not valid.any() and means.shape == (0, DIM)
+
+
+def test_lookup_and_fp16_list_array_round_trip() -> None:
+    rng = np.random.default_rng(5)
+    store = make_store(rng, [10, 20, 30])
+    table = EmbeddingTable.from_rows(np.array([30, 10, 20]),
+                                     np.stack([store[30], store[10], store[20]]))
+    ids = np.array([20, 99, 10, 10, 5, 30])
+    valid, vectors = lookup(ids, table)
+    column = fp16_list_array(valid, vectors)
+    assert column.type == pa.list_(pa.float16())
+    column.validate(full=True)
+    got = column.to_pylist()
+    for i, value in zip(ids, got, strict=True):
+        if int(i) in store:
+            assert np.array_equal(np.array(value, dtype=np.float16).view(np.uint16),
+                                  store[int(i)].view(np.uint16))
+        else:
+            assert value is None
