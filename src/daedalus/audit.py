@@ -82,7 +82,8 @@ def _q(name: str) -> str:
 
 def _connect(config: Config) -> duckdb.DuckDBPyConnection:
     settings = config.runtime.compute.duckdb_config
-    con = duckdb.connect(config={"enable_progress_bar": False})
+    con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
     if settings.threads:
         con.execute(f"SET threads = {int(settings.threads)}")
     con.execute("SET memory_limit = $v", {"v": settings.memory_limit})
