@@ -401,3 +401,47 @@ def test_demo_small_preset_matches_the_reference(project, capsys):
         assert_same_rows(read_output(out_root(project) / f"dt={day}"), expected[day], f"dt={day}")
     qid_map = pq.read_table(out_root(project) / "qid_map.parquet").to_pylist()
     assert {r["feed_session"]: r["qid"] for r in qid_map} == qids
+
+
+def test_assign_qid_keeps_known_sessions_and_numbers_new_ones_in_first_seen_order():
+    import pyarrow as pa
+
+    from daedalus.qid import assign_qid
+
+    known = pa.Table.from_batches(
+        [], schema=pa.schema([("feed_session", pa.string()), ("qid", pa.int64())])
+    )
+    qids, added = assign_qid(pa.chunked_array([["b", None, "a", "b"]]), known)
+    assert qids.to_pylist() == [0, None, 1, 0]
+    known = pa.concat_tables([known, added])
+    qids, added = assign_qid(pa.chunked_array([["c"], ["a", None, "d"]]), known)
+    assert qids.to_pylist() == [2, 1, None, 3]
+    assert added.to_pylist() == [{"feed_session": "c", "qid": 2}, {"feed_session": "d", "qid": 3}]
+    qids, added = assign_qid(pa.chunked_array([[None, None]], type=pa.string()), known)
+    assert qids.to_pylist() == [None, None] and added.num_rows == 0
+
+
+def test_a_point_in_time_join_without_ttl_is_refused(planted, capsys):
+    assert (
+        main(
+            [
+                "pipeline",
+                "compile",
+                "dssm_ranking",
+                "--output-dir",
+                str(planted.pipelines),
+                *planted.cli_flags(),
+            ]
+        )
+        == 0
+    )
+    generated = (planted.pipelines / "dssm_ranking.generated.yaml").read_text()
+    (planted.pipelines / "dssm_ranking.yaml").write_text(
+        generated.replace("  ttl: 2d\n", "  ttl: null\n")
+    )
+    capsys.readouterr()
+    assert train(planted) == 2
+    assert (
+        "operators.pit_artwork_stats.ttl: a point-in-time join needs a ttl"
+        in capsys.readouterr().err
+    )

@@ -39,24 +39,23 @@ def assign_qid(
     """
     sessions = pa.chunked_array([sessions]) if isinstance(sessions, pa.Array) else sessions
     sessions = sessions.cast(pa.string())
-    known_keys = known[key].cast(pa.string())
     day = pc.unique(sessions.filter(pc.is_valid(sessions)))
-    idx = pc.index_in(day, value_set=known_keys)
-    day_qid = (
-        pc.take(known[value], idx).combine_chunks()
-        if len(known)
-        else pa.nulls(len(day), pa.int64())
-    )
+    idx = pc.index_in(day, value_set=known[key].cast(pa.string()))
     new = pc.is_null(idx)
-    n_new = pc.sum(new).as_py() or 0
-    start = (pc.max(known[value]).as_py() + 1) if len(known) else 0
-    if n_new:
-        fill = np.full(len(day), -1, dtype=np.int64)
-        fill[np.asarray(new.to_numpy(zero_copy_only=False))] = np.arange(start, start + n_new)
-        day_qid = pc.if_else(new, pa.array(fill), day_qid)
-    added = pa.table({key: day.filter(new), value: pc.filter(day_qid, new).cast(pa.int64())})
+    start = pc.max(known[value]).as_py() + 1 if len(known) else 0
+    flags = pc.cast(new, pa.int64())
+    ranks = np.cumsum(_int64_view(flags), dtype=np.int64) + (start - 1)
+    new_qid = pa.Array.from_buffers(pa.int64(), len(ranks), [None, pa.py_buffer(ranks)])
+    known_qid = pc.take(known[value], idx) if len(known) else pa.nulls(len(day), pa.int64())
+    day_qid = pc.if_else(new, new_qid, known_qid)
+    added = pa.table({key: day.filter(new), value: day_qid.filter(new)})
     per_row = pc.take(day_qid, pc.index_in(sessions, value_set=day)).combine_chunks()
-    return per_row.cast(pa.int64()), added
+    return per_row, added
+
+
+def _int64_view(arr: pa.Array) -> np.ndarray:
+    """A null-free int64 Arrow array as numpy via its buffer: to_numpy imports pandas (~1 s)."""
+    return np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + len(arr)]
 
 
 class QidMap:
@@ -122,7 +121,7 @@ class QidMap:
             for f in sorted((self.root / f"dt={d:%Y-%m-%d}").glob("*.parquet"))
         ]
         if not files:
-            return self.schema.empty_table()
+            return pa.Table.from_batches([], schema=self.schema)
         import duckdb
 
         con = duckdb.connect()

@@ -39,8 +39,6 @@ from daedalus.manifest import (
 )
 from daedalus.operators import (
     ArrowUdfTransform,
-    Filter,
-    Join,
     OperatorPipeline,
     PointInTimeJoin,
     Project,
@@ -64,7 +62,6 @@ from daedalus.skeleton_sql import (
 __all__ = ["operator_sql", "run_skeleton_stage", "SkeletonPlan"]
 
 Progress = Callable[[str], None]
-_INLINED = (Scan, Filter, Join)
 _MATERIALIZED = (Project, PointInTimeJoin, RollingAggregate)
 _BATCH_ROWS = 131_072
 
@@ -136,6 +133,11 @@ class SkeletonPlan:
                             f"{where}.{op.name}: key {key!r} is not a column of"
                             f" {op.inputs[0]} (fix: use one of {spine_cols})"
                         )
+                if isinstance(op, PointInTimeJoin) and not op.ttl:
+                    raise DaedalusError(
+                        f"{where}.{op.name}.ttl: a point-in-time join needs a ttl, since its scan"
+                        " reads only a lookback before the day (fix: set ttl, e.g. 3d)"
+                    )
                 scan = spine_scan(self.pipeline, op.inputs[1])
                 needs = (
                     [op.ttl]
@@ -271,6 +273,8 @@ def run_skeleton_stage(
     errors: dict[dt.date, BaseException] = {}
 
     def one(i: int, day: dt.date) -> None:
+        if errors:
+            return
         try:
             result = _DayRun(plan, config, day, output_root, qid_maps, order, i).run()
         except _Abandoned:
@@ -401,7 +405,7 @@ class _DayRun:
                     " so its column types are unknown (fix: point sources_root or"
                     " DAEDALUS_SOURCES_ROOT at the sources, or write one partition)"
                 )
-            pq.write_table(pq.read_schema(any_file).empty_table(), target)
+            pq.write_table(pa.Table.from_batches([], schema=pq.read_schema(any_file)), target)
         return str(target)
 
     def _stages(self) -> int:
