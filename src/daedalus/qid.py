@@ -124,7 +124,7 @@ class QidMap:
             return pa.Table.from_batches([], schema=self.schema)
         import duckdb
 
-        con = duckdb.connect()
+        con = duckdb.connect(config={"enable_progress_bar": False})
         try:
             table = con.sql(
                 f"SELECT {self.key}, min({self.value}) AS {self.value} FROM read_parquet($files)"

@@ -370,6 +370,7 @@ class _DayRun:
         duck = self.config.runtime.compute.duckdb_config
         con = duckdb.connect(config={"threads": duck.threads} if duck.threads else {})
         con.execute("SET TimeZone = 'UTC'")
+        con.execute("SET enable_progress_bar = false")  # stdout carries --json
         con.execute(f"SET memory_limit = {sql_literal(duck.memory_limit)}")
         con.execute(f"SET temp_directory = {sql_literal(str(self.work / 'spill'))}")
         con.execute(f"SET preserve_insertion_order = {sql_literal(duck.preserve_insertion_order)}")
