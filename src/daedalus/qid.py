@@ -124,8 +124,9 @@ class QidMap:
             return pa.Table.from_batches([], schema=self.schema)
         import duckdb
 
-        con = duckdb.connect(config={"enable_progress_bar": False})
+        con = duckdb.connect()
         try:
+            con.execute("SET enable_progress_bar = false")
             table = con.sql(
                 f"SELECT {self.key}, min({self.value}) AS {self.value} FROM read_parquet($files)"
                 f" WHERE {self.key} IS NOT NULL AND {self.value} IS NOT NULL"
