@@ -308,13 +308,15 @@ def test_hand_edited_dag_changes_ttl_and_cap(planted, capsys):
     )
     capsys.readouterr()
     generated = (planted.pipelines / "dssm_ranking.generated.yaml").read_text()
-    edited = generated.replace("  ttl: 3d\n", "  ttl: 1d\n").replace(
-        "max_items: 50", "max_items: 5"
+    edited = (
+        generated.replace("  ttl: 3d\n", "  ttl: 1d\n")
+        .replace("max_items: 50", "max_items: 5")
+        .replace("    window: 7d\n", "    window: 3d\n")
     )
-    assert edited != generated
+    assert edited.count("window: 3d") == 2
     (planted.pipelines / "dssm_ranking.yaml").write_text(edited)
     assert train(planted) == 0
-    rules = Rules(profile_ttl=dt.timedelta(days=1), like_cap=5)
+    rules = Rules(profile_ttl=dt.timedelta(days=1), like_cap=5, like_window=dt.timedelta(days=3))
     expected, _ = reference_days(planted.root.parent / "sources", [D1, D2], rules)
     for day in (D1, D2):
         assert_same_rows(read_output(out_root(planted) / f"dt={day}"), expected[day], f"dt={day}")

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from daedalus.config import parse_duration
+from daedalus.errors import DaedalusError
 from daedalus.operators import (
     ArrowUdfTransform,
     Filter,
@@ -67,7 +68,10 @@ def sql_literal(value: Any) -> str:
         return repr(value)
     if isinstance(value, str | Path):
         return "'" + str(value).replace("'", "''") + "'"
-    raise TypeError(f"no SQL literal for {type(value).__name__}")
+    raise DaedalusError(
+        f"output_columns: default {value!r} is not a SQL literal"
+        " (fix: use null, a number, a string or true/false)"
+    )
 
 
 def interval(duration: str) -> str:
@@ -195,7 +199,7 @@ def _counter(spec: RollingSpec) -> str:
 
 
 def _window_name(window: str) -> str:
-    return f"before_{window.strip()}"
+    return "before_" + re.sub(r"\s+", "", window)
 
 
 def _rolling_sql(op: RollingAggregate, pipeline: OperatorPipeline) -> str:
