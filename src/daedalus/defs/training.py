@@ -5,6 +5,7 @@ no feature logic lives here. A partition is a day: compile → skeleton → enri
 """
 
 import datetime as dt
+from pathlib import Path
 
 import dagster as dg
 
@@ -49,7 +50,7 @@ def _service(context: dg.OpExecutionContext) -> str:
     return context.assets_def.tags_by_key[context.assets_def.key][SERVICE_TAG]
 
 
-def _output_root(pipeline: OperatorPipeline, config: Config):
+def _output_root(pipeline: OperatorPipeline, config: Config) -> Path:
     """The folder the asset's partition lives in: enriched when the DAG enriches."""
     root = config.runtime.output_root
     return enriched_root_for(root) if pipeline.has_enrichment else root
