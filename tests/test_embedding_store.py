@@ -67,7 +67,8 @@ def test_store_is_built_on_first_use_latest_dt_wins(project, sources) -> None:
     assert path == project.root.parent / "store" / "artwork_embedding"
     ds = lance.dataset(str(path))
     assert ds.schema.field("image_embedding").type == pa.list_(pa.float16(), DIM)
-    assert [(i["type"], i["fields"]) for i in ds.list_indices()] == [("BTree", ["id"])]
+    indices = [(i.type_url.rsplit(".", 1)[-1], list(i.field_names)) for i in ds.describe_indices()]
+    assert indices == [("BTreeIndexDetails", ["id"])]
     got = stored(config)
     assert sorted(got) == sorted(sources)
     for i, want in sources.items():

@@ -383,7 +383,7 @@ def store_info(config: Config, name: str) -> dict:
         "embedding_type": str(field),
         "lance_version": ds.version,
         "indices": [{"name": i.name, "fields": list(i.field_names),
-                     "type": i.type_url.rsplit("/", 1)[-1].removesuffix("IndexDetails")}
+                     "type": i.type_url.rsplit(".", 1)[-1].removesuffix("IndexDetails")}
                     for i in ds.describe_indices()],
         "bytes": sum(f.stat().st_size for f in path.rglob("*") if f.is_file()),
         "built_at": meta.get("built_at"),

@@ -1,0 +1,543 @@
+"""Enrich stage: append the embedding columns on Ray Data actors backed by the Lance store.
+
+Per day, one streaming Ray Data plan: `read_parquet` over the skeleton day's files
+(in order) → `map_batches` on an actor pool (`EnrichBatches`, pyarrow batches) →
+`write_parquet` into a staging folder, with `preserve_order` on so every shard
+is a contiguous, chronological range of the day. The staging folder gets a
+manifest and is renamed into place: a day is complete or absent, and a day
+already enriched from the same skeleton day and store is skipped.
+
+With `preload_day_embeddings` (the default) the driver takes the day's needed
+float16 vectors from the store once and puts them in the object store; actors
+map them zero-copy and keep only the day's id index. Without it, each actor
+loads the store's id index and takes each batch's vectors itself.
+
+`ray_runtime` owns this process's Ray: one local cluster sized to the
+`RayEnvelope` on first use (clamped to the machine), listening on 127.0.0.1
+only, or a connection to `--ray-address` / `RAY_ADDRESS`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import re
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from daedalus.avg_pool import EmbeddingTable, fp16_list_array, like_windows, lookup, window_means
+from daedalus.config import Config
+from daedalus.days import day_lock, day_path, ensure_writable, staged_day
+from daedalus.embedding_store import StoreReader, ensure_store, store_version
+from daedalus.errors import DaedalusError
+from daedalus.executor import DayResult, RayEnvelope
+from daedalus.manifest import Manifest, day_state, enrich_fingerprint, read_manifest, write_manifest
+from daedalus.operators import OperatorPipeline, RayUdfTransform, Sink
+
+# Workers run this venv's python (daedalus is installed in it); Ray's `uv run` hook would
+# instead package the working directory and start every worker through uv. Both must be set
+# before Ray is imported.
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+Progress = Callable[[str], None]
+PROVENANCE_KEY = b"daedalus.enrich"
+EMBEDDING_TYPE = pa.list_(pa.float16())
+_MISSING_ID = np.iinfo(np.int64).min
+
+
+# -- the plan -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Enrichment:
+    """One output column: `lookup` of a scalar id, or `avg_pool` over a list of ids."""
+
+    name: str
+    kind: str
+    input_column: str
+    store: str
+    group_column: str | None = None
+
+
+@dataclass(frozen=True)
+class EnrichPlan:
+    op: RayUdfTransform
+    sink: Sink
+    enrichments: tuple[Enrichment, ...]
+
+    @property
+    def columns(self) -> list[str]:
+        return [c.name for c in self.sink.columns]
+
+    @property
+    def stores(self) -> list[str]:
+        return sorted({e.store for e in self.enrichments})
+
+    @classmethod
+    def build(cls, pipeline: OperatorPipeline, config: Config) -> EnrichPlan:
+        ops = pipeline.of_kind("RayUdfTransform")
+        where = f"{pipeline.service} DAG"
+        if len(ops) != 1:
+            raise DaedalusError(f"{where}: operators: {len(ops)} RayUdfTransform operators, the"
+                                " enrich stage runs exactly one (fix: merge their enrichments)")
+        op = ops[0]
+        sinks = [s for s in pipeline.of_kind("Sink") if s.target == "enriched"]
+        if len(sinks) != 1 or sinks[0].inputs != (op.name,):
+            raise DaedalusError(f"{where}: operators: the enriched Sink must read {op.name!r}"
+                                " (fix: recompile with `daeda pipeline compile`)")
+        entity = {a.name: a.entity for a in config.aggregations.aggregation_specs}
+        known = {s.name for s in config.aggregations.embedding_stores}
+        enrichments = []
+        for e in op.enrichments:
+            if e.store not in known:
+                raise DaedalusError(f"{where}: operators.{op.name}.enrichments: {e.name!r} reads"
+                                    f" unknown store {e.store!r} (fix: add it to embedding_stores"
+                                    f" in {config.aggregation_path})")
+            group = entity.get(e.input_column) if e.kind == "avg_pool" else None
+            enrichments.append(Enrichment(e.name, e.kind, e.input_column, e.store, group))
+        return cls(op=op, sink=sinks[0], enrichments=tuple(enrichments))
+
+
+# -- the batch function (runs in the actors; plain Arrow and numpy) -----------------------------
+
+
+def _ids(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    return column.fill_null(_MISSING_ID).to_numpy().astype(np.int64, copy=False)
+
+
+def _lists(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets from 0, values) of a list column, whatever its slicing or nulls."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    lengths = pc.list_value_length(column).fill_null(0).to_numpy()
+    offsets = np.zeros(len(column) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets, _ids(pc.list_flatten(column))
+
+
+def needed_ids(batch: pa.Table, enrichments: Iterable[Enrichment]) -> np.ndarray:
+    """Every id the enrichments of one store will look up in this batch, unique."""
+    parts = []
+    for e in enrichments:
+        column = batch.column(e.input_column)
+        parts.append(_lists(column)[1] if e.kind == "avg_pool" else _ids(column))
+    return np.unique(np.concatenate(parts)) if parts else np.empty(0, np.int64)
+
+
+def enrich_table(batch: pa.Table, enrichments: Iterable[Enrichment],
+                 tables: dict[str, EmbeddingTable], columns: list[str]) -> pa.Table:
+    """The batch with each enrichment's column (list<halffloat>) set, in `columns` order."""
+    out: dict[str, pa.Array] = {}
+    for e in enrichments:
+        table = tables[e.store]
+        if e.kind == "lookup":
+            valid, vectors = lookup(_ids(batch.column(e.input_column)), table)
+        else:
+            offsets, values = _lists(batch.column(e.input_column))
+            group = (_ids(batch.column(e.group_column)) if e.group_column in batch.column_names
+                     else np.zeros(batch.num_rows, dtype=np.int64))
+            valid, vectors = window_means(like_windows(group, offsets, values), table)
+        out[e.name] = fp16_list_array(valid, vectors)
+    arrays, fields = [], []
+    for name in columns:
+        if name in out:
+            arrays.append(out[name])
+            fields.append(pa.field(name, EMBEDDING_TYPE))
+        else:
+            arrays.append(batch.column(name))
+            fields.append(batch.schema.field(name))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=batch.schema.metadata))
+
+
+class EnrichBatches:
+    """The actor: holds the day's embeddings (or the store's id index) and enriches batches."""
+
+    def __init__(self, spec: dict[str, Any]):
+        import ray
+
+        self.enrichments = [Enrichment(**e) for e in spec["enrichments"]]
+        self.columns = spec["columns"]
+        self.tables: dict[str, EmbeddingTable] = {}
+        self.readers: dict[str, StoreReader] = {}
+        for store, refs in spec["preloaded"].items():
+            ids, matrix = ray.get(list(refs))
+            self.tables[store] = EmbeddingTable(ids=ids, matrix=matrix)
+        for store, args in spec["readers"].items():
+            self.readers[store] = StoreReader(**args)
+        ctx = ray.get_runtime_context()
+        self.provenance = json.dumps({"actor_id": ctx.get_actor_id(), "pid": os.getpid(),
+                                      "node_id": ctx.get_node_id()}).encode()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        tables = dict(self.tables)
+        for store, reader in self.readers.items():
+            mine = [e for e in self.enrichments if e.store == store]
+            tables[store] = reader.table(needed_ids(batch, mine))
+        table = enrich_table(batch, self.enrichments, tables, self.columns)
+        return table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                              PROVENANCE_KEY: self.provenance})
+
+
+# -- Ray ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Runtime:
+    address: str | None
+    envelope: RayEnvelope
+
+
+_RUNTIME: _Runtime | None = None
+
+
+def ray_runtime(envelope: RayEnvelope, progress: Progress = print) -> RayEnvelope:
+    """This process's Ray, started or connected once and reused; returns the effective envelope.
+
+    Without an address: a local cluster sized to the envelope (clamped to the machine),
+    on 127.0.0.1 only, no dashboard, worker logs kept out of the terminal. It is sized on
+    first use; later calls reuse it. With an address: connect to that cluster instead,
+    sized to what it offers.
+    """
+    global _RUNTIME
+    address = envelope.address
+    _loopback_only(address is None or _is_loopback(address))
+    import ray
+
+    _quiet_ray_logs()
+    if ray.is_initialized():
+        if _RUNTIME is not None and _RUNTIME.address == address:
+            return replace(_RUNTIME.envelope, num_workers=envelope.num_workers,
+                           preload_day_embeddings=envelope.preload_day_embeddings)
+        if _RUNTIME is not None or address is not None:
+            ray.shutdown()
+    if not ray.is_initialized():
+        if address:
+            progress(f"ray: connecting to the cluster at {address}")
+            if _is_loopback(address):
+                _use_local_token()
+            with _no_fork_warning():
+                ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR,
+                         namespace="daedalus")
+        else:
+            local = envelope.clamped_to_machine()
+            for note in local.notes:
+                progress(f"ray: {note}")
+            gib = 2**30
+            worker_memory = max(local.memory_gb - local.object_store_gb
+                                - local.system_reserved_memory_gb, 1)
+            with _no_fork_warning():
+                ray.init(address="local", num_cpus=local.num_cpus,
+                         object_store_memory=int(local.object_store_gb * gib),
+                         _memory=int(worker_memory * gib), _node_ip_address="127.0.0.1",
+                         include_dashboard=False, log_to_driver=False,
+                         logging_level=logging.ERROR, namespace="daedalus")
+            progress(f"ray: local cluster on 127.0.0.1, {local.num_cpus} CPUs,"
+                     f" {local.object_store_gb:g} GiB object store")
+    effective = _fit_to_cluster(envelope)
+    _RUNTIME = _Runtime(address=address, envelope=effective)
+    return effective
+
+
+_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+_ORIGINAL_LOOPBACK_ENV = os.environ.get(_LOOPBACK_ENV)
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+def _loopback_only(on: bool) -> None:
+    """Keep Ray's servers on 127.0.0.1 for a cluster on this machine.
+
+    Ray turns a 127.0.0.1 node address into the machine's routable one and then binds its
+    gRPC servers to every interface; its "local-only cluster" switch (the flag that Ray
+    sets on macOS/Windows) keeps the node, and every server, on the loopback. The child
+    processes read it from the environment, this process from Ray's constants.
+    """
+    if on:
+        os.environ[_LOOPBACK_ENV] = "0"
+    elif _ORIGINAL_LOOPBACK_ENV is None:
+        os.environ.pop(_LOOPBACK_ENV, None)
+    else:
+        os.environ[_LOOPBACK_ENV] = _ORIGINAL_LOOPBACK_ENV
+    if "ray" in sys.modules:
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = ray_constants.env_bool(
+            _LOOPBACK_ENV, not ray_constants.IS_WINDOWS_OR_OSX)
+
+
+def _use_local_token() -> None:
+    """A cluster on this machine uses this user's Ray token (~/.ray/auth_token), if any.
+
+    Ray sends its token to an explicitly given address only when RAY_AUTH_MODE says so; for
+    a loopback address that is this machine's own cluster, so do what `ray.init()` does for
+    a cluster it finds locally.
+    """
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    from ray._private.authentication.authentication_token_setup import (
+        maybe_enable_token_auth_if_token_available,
+    )
+
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+def _fit_to_cluster(envelope: RayEnvelope) -> RayEnvelope:
+    """The envelope as far as the connected cluster can hold it (CPUs are what actors need)."""
+    import ray
+
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    if cpus >= envelope.num_cpus:
+        return envelope
+    note = f"ray num_cpus {envelope.num_cpus} is more than the cluster's {cpus}; using {cpus}"
+    return replace(envelope, num_cpus=cpus,
+                   system_reserved_cpus=min(envelope.system_reserved_cpus, max(0, cpus - 1)),
+                   notes=(*envelope.notes, note))
+
+
+def shutdown_ray() -> None:
+    """Stop (or disconnect from) this process's Ray; the next stage run starts afresh."""
+    global _RUNTIME
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    _RUNTIME = None
+
+
+def _quiet_ray_logs() -> None:
+    logging.getLogger("ray").setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def _no_fork_warning() -> Iterator[None]:
+    """Ray starts its processes by fork+exec, which Lance's at-fork hook warns about."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="lance is not fork-safe")
+        yield
+
+
+def _data_context():
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    ctx.use_datasource_v2 = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    return ctx
+
+
+# -- the stage ----------------------------------------------------------------------------------
+
+
+def skeleton_files(skeleton_root: Path, day: dt.date) -> list[Path]:
+    """The skeleton day's files in row order: `dt=` folder (manifest order), else flat file."""
+    folder = day_path(skeleton_root, day)
+    if folder.is_dir():
+        manifest = read_manifest(folder)
+        if manifest and manifest.get("files"):
+            return [folder / f for f in manifest["files"]]
+        return sorted(folder.glob("*.parquet"), key=_natural)
+    flat = Path(skeleton_root) / f"{day:%Y-%m-%d}.parquet"
+    return [flat] if flat.is_file() else []
+
+
+def _natural(path: Path) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+
+
+def _check_skeleton(files: list[Path], plan: EnrichPlan) -> int:
+    """Every file has the sink's columns and the enrichments' inputs; returns the row count."""
+    rows = 0
+    produced = {e.name for e in plan.enrichments}
+    for path in files:
+        meta = pq.ParquetFile(path)
+        schema = meta.schema_arrow
+        for name in plan.columns:
+            if name not in produced and schema.get_field_index(name) < 0:
+                raise DaedalusError(f"{path}: {name}: column missing from the skeleton day (fix:"
+                                    " rerun the skeleton stage for it, e.g. without --enrich-only)")
+        for e in plan.enrichments:
+            field = schema.field(e.input_column) if e.input_column in schema.names else None
+            want_list = e.kind == "avg_pool"
+            ok = field is not None and (
+                (want_list and pa.types.is_list(field.type)
+                 and pa.types.is_integer(field.type.value_type))
+                or (not want_list and pa.types.is_integer(field.type)))
+            if not ok:
+                kind = "list<int64>" if want_list else "int64"
+                got = field.type if field else "no column"
+                raise DaedalusError(f"{path}: {e.input_column}: enrichment {e.name!r} needs a"
+                                    f" {kind} column, got {got} (fix: rerun the skeleton stage)")
+        rows += meta.metadata.num_rows
+    return rows
+
+
+def _day_tables(files: list[Path], plan: EnrichPlan, stores: dict[str, dict]) -> dict:
+    """Per store, the day's needed vectors: read the input columns, take once from Lance."""
+    tables = {}
+    for store in plan.stores:
+        mine = [e for e in plan.enrichments if e.store == store]
+        columns = sorted({e.input_column for e in mine})
+        parts = []
+        for path in files:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=262_144, columns=columns):
+                parts.append(needed_ids(pa.Table.from_batches([batch]), mine))
+        ids = np.unique(np.concatenate(parts)) if parts else np.empty(0, np.int64)
+        tables[store] = StoreReader(**stores[store]).table(ids)
+    return tables
+
+
+def _filename_provider():
+    """`part-00000.parquet`, numbered by write task, so names sort like the rows."""
+    from ray.data.datasource import FilenameProvider
+
+    class PartNames(FilenameProvider):
+        def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
+            return f"part-{task_index:05d}.parquet"
+
+    return PartNames(file_format="parquet")
+
+
+def run_enrich_stage(
+    pipeline: OperatorPipeline,
+    config: Config,
+    days: list[dt.date],
+    skeleton_root: Path,
+    enriched_root: Path,
+    *,
+    envelope: RayEnvelope,
+    progress: Progress = print,
+) -> list[DayResult]:
+    """Write `<enriched_root>/dt=YYYY-MM-DD/` for every skeleton day not already enriched."""
+    plan = EnrichPlan.build(pipeline, config)
+    skeleton_root = Path(skeleton_root).resolve()
+    enriched_root = ensure_writable(Path(enriched_root), "enriched output root").resolve()
+    batch_rows = config.runtime.enrich_batch_rows
+    dims = {s.name: s.embedding_dim for s in config.aggregations.embedding_stores}
+    if any(batch_rows * dims[s] >= 2**31 for s in plan.stores):
+        raise DaedalusError(f"{config.runtime_path}: enrich_batch_rows: {batch_rows:,} rows of"
+                            " embeddings overflow one Arrow list column (fix: use at most 1000000)")
+    stores = {}
+    for store in plan.stores:
+        spec = config.aggregations.store(store)
+        stores[store] = {"path": str(ensure_store(config, store, progress).resolve()),
+                         "id_column": spec.id_column, "embedding_column": spec.embedding_column}
+    versions = {s: store_version(Path(args["path"])) for s, args in stores.items()}
+    results = []
+    runtime: RayEnvelope | None = None
+    for day in sorted(set(days)):
+        started = time.perf_counter()
+        files = skeleton_files(Path(skeleton_root), day)
+        if not files:
+            message = (f"no skeleton day at {day_path(skeleton_root, day)} (no impressions, or"
+                       " the skeleton stage has not run for it): nothing to enrich")
+            results.append(DayResult("enrich", day, "empty", 0, None, 0.0, message))
+            progress(f"enrich {day}: {message}")
+            continue
+        fingerprint = enrich_fingerprint(pipeline, config, day, Path(skeleton_root), versions)
+        target = day_path(enriched_root, day)
+        state, reason = day_state(target, fingerprint)
+        if state == "complete":
+            rows = int((read_manifest(target) or {}).get("rows", 0))
+            results.append(DayResult("enrich", day, "skipped", rows, str(target), 0.0,
+                                     "already present"))
+            progress(f"enrich {day}: skipped, already present ({rows:,} rows)")
+            continue
+        if state in ("stale", "incomplete"):
+            progress(f"enrich {day}: rewriting, {reason}")
+        rows = _check_skeleton(files, plan)
+        if rows == 0:
+            message = f"no rows in the skeleton day {day}: nothing written"
+            results.append(DayResult("enrich", day, "empty", 0, None, 0.0, message))
+            progress(f"enrich {day}: {message}")
+            continue
+        if runtime is None:
+            runtime = ray_runtime(envelope, progress)
+        with day_lock(enriched_root, day):
+            written, parts = _enrich_day(plan, config, day, files, rows, stores, fingerprint,
+                                         enriched_root, runtime)
+        seconds = time.perf_counter() - started
+        rate = rows / max(seconds, 1e-9)
+        message = (f"wrote {written:,} rows in {len(parts)} file(s) → {target}"
+                   f" ({runtime.actor_pool_size()} actor(s), {rate:,.0f} rows/s)")
+        results.append(DayResult("enrich", day, "written", written, str(target), seconds, message))
+        progress(f"enrich {day}: {message}")
+    return results
+
+
+def _enrich_day(plan: EnrichPlan, config: Config, day: dt.date, files: list[Path], rows: int,
+                stores: dict[str, dict], fingerprint, enriched_root: Path,
+                envelope: RayEnvelope) -> tuple[int, list[str]]:
+    import ray
+    from ray.data import ActorPoolStrategy, SaveMode
+
+    _data_context()
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    spec: dict[str, Any] = {"enrichments": [e.__dict__ for e in plan.enrichments],
+                            "columns": plan.columns, "preloaded": {}, "readers": {}}
+    refs = []
+    if envelope.preload_day_embeddings:
+        for store, table in _day_tables(files, plan, stores).items():
+            pair = (ray.put(table.ids), ray.put(table.matrix))
+            refs += pair
+            spec["preloaded"][store] = pair
+        timings["preload"] = time.perf_counter() - started
+    else:
+        spec["readers"] = stores
+
+    produced = {e.name for e in plan.enrichments}
+    read_columns = [c for c in plan.columns if c not in produced]
+    read_columns += sorted({e.group_column for e in plan.enrichments if e.group_column}
+                           - set(read_columns))
+    plain = [c for c in plan.columns if c not in produced]
+    pool = envelope.actor_pool_size()
+    with staged_day(enriched_root, day) as staging:
+        ds = ray.data.read_parquet([str(f) for f in files], columns=read_columns,
+                                   partitioning=None)
+        with warnings.catch_warnings():
+            # max_restarts only passes through the deprecated **ray_remote_args. No restarts:
+            # a restarted actor could not get its preloaded arguments back (ray#53727), and a
+            # failed day is simply run again.
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
+            ds = ds.map_batches(EnrichBatches, batch_format="pyarrow",
+                                batch_size=config.runtime.enrich_batch_rows,
+                                compute=ActorPoolStrategy(size=pool),
+                                fn_constructor_kwargs={"spec": spec}, num_cpus=1,
+                                udf_modifying_row_count=False, max_restarts=0)
+        ds.write_parquet(str(staging), filename_provider=_filename_provider(),
+                         mode=SaveMode.OVERWRITE,
+                         compression=plan.sink.compression, use_dictionary=plain,
+                         write_statistics=plain)
+        timings["ray"] = time.perf_counter() - started - timings.get("preload", 0.0)
+        parts = sorted((p.name for p in staging.glob("*.parquet")), key=lambda n: _natural(Path(n)))
+        written = sum(pq.ParquetFile(staging / p).metadata.num_rows for p in parts)
+        if written != rows:
+            raise DaedalusError(f"{plan.op.name}: wrote {written:,} rows for the {rows:,} rows of"
+                                f" skeleton day {day} (fix: rerun; if it persists, report it)")
+        write_manifest(staging, Manifest(stage="enrich", day=day.isoformat(), rows=written,
+                                         files=parts, fingerprint=fingerprint,
+                                         timings={k: round(v, 3) for k, v in timings.items()}))
+    del refs
+    return written, parts
