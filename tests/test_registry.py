@@ -121,7 +121,8 @@ def test_source_schema_matches(project):
 
 
 @pytest.mark.parametrize(("override", "expect"), [
-    ({"account_age_days": pa.array([3], pa.int64())}, "account_age_days: source type int64 does not match int32"),
+    ({"account_age_days": pa.array([3], pa.int64())},
+     "account_age_days: source type int64 does not match int32"),
     ({"follower_count": None}, "follower_count: column declared in"),
     ({"feature_timestamp": pa.array([0], pa.timestamp("us"))}, "feature_timestamp: source type timestamp"),
 ])

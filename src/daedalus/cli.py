@@ -81,7 +81,8 @@ def cmd_demo_data(args) -> int:
         try:
             changes["start_date"] = dt.date.fromisoformat(args.start_date)
         except ValueError:
-            raise DaedalusError(f"--start-date: {args.start_date!r} is not a date (fix: use YYYY-MM-DD)")
+            raise DaedalusError(
+                f"--start-date: {args.start_date!r} is not a date (fix: use YYYY-MM-DD)") from None
     for key, value in changes.items():
         if key != "start_date" and key != "seed" and value <= 0:
             raise DaedalusError(f"--{key.replace('_', '-')}: {value} must be positive (fix: pass 1 or more)")

@@ -38,7 +38,8 @@ def _scan(view: FeatureView, lookback: str | None) -> Scan:
     return Scan(name=f"scan_{view.name}", engine="sql", view=view.name, source=view.source,
                 timestamp_field=view.timestamp_field, columns=tuple(c.name for c in view.columns),
                 lookback=lookback,
-                description=f"read {view.source} for the day" + (f" and {lookback} before" if lookback else ""))
+                description=f"read {view.source} for the day"
+                + (f" and {lookback} before" if lookback else ""))
 
 
 def compile_service(registry: Registry, service_name: str, config: Config,

@@ -135,7 +135,8 @@ def _load_model(model: type[BaseModel], path: Path, what: str) -> BaseModel:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"]) or "(top)"
         if err["type"] == "extra_forbidden":
-            raise DaedalusError(f"{path}: {loc}: unknown key (fix: remove it or correct its spelling)") from None
+            raise DaedalusError(
+                f"{path}: {loc}: unknown key (fix: remove it or correct its spelling)") from None
         if err["type"] == "missing":
             raise DaedalusError(f"{path}: {loc}: required key is missing (fix: add `{loc}:`)") from None
         msg = err["msg"].removeprefix("Value error, ")
@@ -144,7 +145,8 @@ def _load_model(model: type[BaseModel], path: Path, what: str) -> BaseModel:
 
 def _load_dir(directory: Path, model: type[BaseModel], what: str) -> dict:
     if not directory.is_dir():
-        raise DaedalusError(f"{directory}: {what} directory not found (fix: create it or pass the right path)")
+        raise DaedalusError(
+            f"{directory}: {what} directory not found (fix: create it or pass the right path)")
     items: dict = {}
     for path in sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml")):
         item = _load_model(model, path, what)
