@@ -428,8 +428,13 @@ def run_enrich_stage(
     *,
     envelope: RayEnvelope,
     progress: Progress = print,
+    force: bool = False,
 ) -> list[DayResult]:
-    """Write `<enriched_root>/dt=YYYY-MM-DD/` for every skeleton day not already enriched."""
+    """Write `<enriched_root>/dt=YYYY-MM-DD/` for every skeleton day not already enriched.
+
+    A day is skipped when its manifest matches the skeleton day and store it would read now;
+    a stale or incomplete one is rewritten, and `force` rewrites every day.
+    """
     plan = EnrichPlan.build(pipeline, config)
     skeleton_root = Path(skeleton_root).resolve()
     enriched_root = ensure_writable(Path(enriched_root), "enriched output root").resolve()
@@ -458,14 +463,14 @@ def run_enrich_stage(
         fingerprint = enrich_fingerprint(pipeline, config, day, Path(skeleton_root), versions)
         target = day_path(enriched_root, day)
         state, reason = day_state(target, fingerprint)
-        if state == "complete":
+        if state == "complete" and not force:
             rows = int((read_manifest(target) or {}).get("rows", 0))
             results.append(DayResult("enrich", day, "skipped", rows, str(target), 0.0,
                                      "already present"))
             progress(f"enrich {day}: skipped, already present ({rows:,} rows)")
             continue
-        if state in ("stale", "incomplete"):
-            progress(f"enrich {day}: rewriting, {reason}")
+        if state != "absent":
+            progress(f"enrich {day}: rewriting, {'--force' if force else reason}")
         rows = _check_skeleton(files, plan)
         if rows == 0:
             message = f"no rows in the skeleton day {day}: nothing written"
