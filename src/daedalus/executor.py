@@ -166,8 +166,64 @@ def run_pipeline(
     envelope: RayEnvelope | None = None,
     progress: Progress = print,
     pipeline: OperatorPipeline | None = None,
+    force: bool = False,
 ) -> RunSummary:
-    """Run the service's DAG (or the requested sub-range) for the target days."""
+    """Run the service's DAG (or the requested sub-range) for the target days.
+
+    A day is skipped only when its manifest matches the current inputs, DAG and
+    config; `force` recomputes regardless.
+    """
+    config, pipeline, source = _prepare(service, config, registry, pipelines_dir, skeleton_only,
+                                        enrich_only, output_root, day_workers, pipeline)
+    envelope = envelope or RayEnvelope.from_settings(config.runtime.ray)
+
+    days = target_days(config, target_date)
+    skeleton_root = Path(config.runtime.output_root)
+    enriched_root = enriched_root_for(skeleton_root)
+    started = time.perf_counter()
+    results: list[DayResult] = []
+    progress(f"{service}: {len(days)} day(s) {days[0]}..{days[-1]}, DAG {source}")
+    if not enrich_only:
+        from daedalus.skeleton import run_skeleton_stage
+
+        results += run_skeleton_stage(pipeline, config, days, skeleton_root,
+                                      day_workers=config.runtime.day_workers, progress=progress,
+                                      force=force)
+    if not skeleton_only and pipeline.has_enrichment:
+        from daedalus.enrich import run_enrich_stage
+
+        results += run_enrich_stage(pipeline, config, days, skeleton_root, enriched_root,
+                                    envelope=envelope, progress=progress, force=force)
+    return RunSummary(service=service, days=tuple(days), results=tuple(results),
+                      output_root=str(skeleton_root), enriched_root=str(enriched_root),
+                      pipeline_source=source, seconds=time.perf_counter() - started)
+
+
+def plan_pipeline(
+    service: str,
+    *,
+    config: Config,
+    registry: Registry,
+    pipelines_dir: Path | str = "config/pipelines",
+    target_date: dt.date | None = None,
+    skeleton_only: bool = False,
+    enrich_only: bool = False,
+    output_root: Path | str | None = None,
+    force: bool = False,
+):
+    """What `run_pipeline` would do per day and stage, and why (`--dry-run`); runs nothing."""
+    from daedalus.status import plan, stage_states
+
+    config, pipeline, _ = _prepare(service, config, registry, pipelines_dir, skeleton_only,
+                                   enrich_only, output_root, None, None)
+    stages = ("enrich",) if enrich_only else ("skeleton",) if skeleton_only else ("skeleton", "enrich")
+    states = stage_states(pipeline, config, target_days(config, target_date),
+                          Path(config.runtime.output_root), stages)
+    return plan(states, force=force)
+
+
+def _prepare(service, config, registry, pipelines_dir, skeleton_only, enrich_only, output_root,
+             day_workers, pipeline):
     from daedalus.compiler import resolve_pipeline
 
     if skeleton_only and enrich_only:
@@ -183,24 +239,4 @@ def run_pipeline(
     if pipeline is None:
         pipeline, override = resolve_pipeline(registry, service, config, Path(pipelines_dir))
         source = str(override) if override else "compiled"
-    envelope = envelope or RayEnvelope.from_settings(config.runtime.ray)
-
-    days = target_days(config, target_date)
-    skeleton_root = Path(config.runtime.output_root)
-    enriched_root = enriched_root_for(skeleton_root)
-    started = time.perf_counter()
-    results: list[DayResult] = []
-    progress(f"{service}: {len(days)} day(s) {days[0]}..{days[-1]}, DAG {source}")
-    if not enrich_only:
-        from daedalus.skeleton import run_skeleton_stage
-
-        results += run_skeleton_stage(pipeline, config, days, skeleton_root,
-                                      day_workers=config.runtime.day_workers, progress=progress)
-    if not skeleton_only and pipeline.has_enrichment:
-        from daedalus.enrich import run_enrich_stage
-
-        results += run_enrich_stage(pipeline, config, days, skeleton_root, enriched_root,
-                                    envelope=envelope, progress=progress)
-    return RunSummary(service=service, days=tuple(days), results=tuple(results),
-                      output_root=str(skeleton_root), enriched_root=str(enriched_root),
-                      pipeline_source=source, seconds=time.perf_counter() - started)
+    return config, pipeline, source

@@ -27,11 +27,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from daedalus.config import Config, parse_duration
-from daedalus.days import day_lock, day_path, ensure_writable, present_days, staged_day
+from daedalus.days import day_lock, day_path, ensure_writable, staged_day
 from daedalus.errors import DaedalusError
 from daedalus.executor import DayResult
 from daedalus.manifest import (
     Manifest,
+    day_state,
     read_manifest,
     scan_days,
     skeleton_fingerprint,
@@ -247,22 +248,27 @@ def run_skeleton_stage(
     *,
     day_workers: int = 1,
     progress: Progress = print,
+    force: bool = False,
 ) -> list[DayResult]:
-    """Write `<output_root>/dt=YYYY-MM-DD/` for every day not already present."""
+    """Write `<output_root>/dt=YYYY-MM-DD/` for every day absent, stale, or forced.
+
+    A day is skipped only when its manifest matches the current inputs, DAG and config.
+    """
     plan = SkeletonPlan.build(pipeline, config)
     output_root = ensure_writable(Path(output_root))
-    present = present_days(output_root)
     results: dict[dt.date, DayResult] = {}
     todo: list[dt.date] = []
     for day in sorted(set(days)):
-        manifest = read_manifest(day_path(output_root, day)) if day in present else None
-        if manifest is not None:
-            rows = int(manifest.get("rows", 0))
-            path = str(day_path(output_root, day))
-            results[day] = DayResult("skeleton", day, "skipped", rows, path, 0.0, "already present")
-            progress(f"skeleton {day}: skipped, already present ({results[day].rows:,} rows)")
-        else:
-            todo.append(day)
+        folder = day_path(output_root, day)
+        state, reason = day_state(folder, skeleton_fingerprint(pipeline, config, day))
+        if state == "complete" and not force:
+            rows = int((read_manifest(folder) or {}).get("rows", 0))
+            results[day] = DayResult("skeleton", day, "skipped", rows, str(folder), 0.0, "up to date")
+            progress(f"skeleton {day}: skipped, up to date ({rows:,} rows)")
+            continue
+        if state in ("stale", "incomplete") or (force and state == "complete"):
+            progress(f"skeleton {day}: recomputing, {'--force' if force else reason}")
+        todo.append(day)
     qid_maps = {
         op.name: QidMap(output_root, op.state_file, op.input_column, op.output_column)
         for op in plan.udfs
