@@ -7,6 +7,7 @@ Errors a user can fix arrive as `DaedalusError` and are printed on one line
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import sys
@@ -59,12 +60,41 @@ def cmd_train(args) -> int:
     envelope = RayEnvelope.from_settings(
         config.runtime.ray, num_cpus=args.ray_num_cpus, address=address, num_workers=args.num_workers,
         preload_day_embeddings=False if args.no_preload_day_embeddings else None)
+    if args.dry_run:
+        from daedalus.executor import plan_pipeline
+        from daedalus.status import render
+
+        planned = plan_pipeline(
+            args.service, config=config, registry=registry, pipelines_dir=args.pipelines_dir,
+            target_date=target, skeleton_only=args.skeleton_only, enrich_only=args.enrich_only,
+            output_root=args.output_root, force=args.force)
+        print(json.dumps([p.as_json() for p in planned], indent=2) if args.json else render(planned))
+        return 0
     summary = run_pipeline(
         args.service, config=config, registry=registry, pipelines_dir=args.pipelines_dir,
         target_date=target, skeleton_only=args.skeleton_only, enrich_only=args.enrich_only,
         output_root=args.output_root, day_workers=args.day_workers, envelope=envelope,
-        progress=_progress)
+        progress=_progress, force=args.force)
     print(summary.to_json() if args.json else summary.human())
+    return 0
+
+
+def cmd_status(args) -> int:
+    from daedalus.compiler import resolve_pipeline
+    from daedalus.executor import parse_target_date
+    from daedalus.status import render, stage_states
+
+    config, registry = _load(args)
+    if args.output_root:
+        config = config.with_runtime(output_root=Path(args.output_root))
+    first = parse_target_date(args.date_from) or config.runtime.feed_start
+    last = parse_target_date(args.date_to) or config.runtime.feed_end
+    if last < first:
+        raise DaedalusError(f"--to: {last} is before --from {first} (fix: swap them)")
+    days = [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+    pipeline, _ = resolve_pipeline(registry, args.service, config, Path(args.pipelines_dir))
+    states = stage_states(pipeline, config, days, Path(config.runtime.output_root))
+    print(json.dumps([s.as_json() for s in states], indent=2) if args.json else render(states))
     return 0
 
 
@@ -150,8 +180,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--ray-address", default=None, help="an existing Ray cluster (or RAY_ADDRESS)")
     train.add_argument("--num-workers", type=int, default=None, help="enrich actor pool size")
     train.add_argument("--no-preload-day-embeddings", action="store_true")
+    train.add_argument("--force", action="store_true", help="recompute days even if up to date")
+    train.add_argument("--dry-run", action="store_true", help="list what would run and why; run nothing")
     train.add_argument("--json", action="store_true", help="machine-readable summary")
     train.set_defaults(func=cmd_train)
+
+    status = sub.add_parser("status", help="per day: absent, complete, stale (and why)")
+    status.add_argument("service")
+    status.add_argument("--from", dest="date_from", default=None, help="first day (default feed_start)")
+    status.add_argument("--to", dest="date_to", default=None, help="last day (default feed_end)")
+    status.add_argument("--output-root", default=None)
+    status.add_argument("--pipelines-dir", default="config/pipelines")
+    status.add_argument("--json", action="store_true")
+    _add_config_flags(status)
+    status.set_defaults(func=cmd_status)
 
     demo = sub.add_parser("demo-data", help="write deterministic demo sources")
     demo.add_argument("--root", default=None, help="default: $DAEDALUS_SOURCES_ROOT or data/demo/sources")
