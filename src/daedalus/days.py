@@ -9,7 +9,9 @@ removed by the next writer of that day.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime as dt
+import errno
 import fcntl
 import os
 import shutil
@@ -90,8 +92,8 @@ def clean_staging(root: Path, day: dt.date) -> None:
 def staged_day(root: Path, day: dt.date) -> Iterator[Path]:
     """Yield an empty staging folder; on success publish it as the day, atomically.
 
-    An existing day is swapped out by rename, so a reader sees the old day or the
-    new one, never a mix. On failure the staging folder is removed.
+    An existing day is exchanged with the new one in a single rename, so a reader sees
+    the old day or the new one, never a mix or a gap. On failure the staging folder is removed.
     """
     root = Path(root)
     clean_staging(root, day)
@@ -101,7 +103,9 @@ def staged_day(root: Path, day: dt.date) -> Iterator[Path]:
         yield staging
         _fsync_dir(staging)
         final = day_path(root, day)
-        if final.exists():
+        if final.exists() and _exchange(staging, final):
+            shutil.rmtree(staging, ignore_errors=True)
+        elif final.exists():
             retired = root / f"{STAGING_PREFIX}{day_name(day)}-old-{uuid.uuid4().hex[:12]}"
             final.rename(retired)
             staging.rename(final)
@@ -112,6 +116,23 @@ def staged_day(root: Path, day: dt.date) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two folders in one step (Linux renameat2 RENAME_EXCHANGE), so a recomputed day
+    replaces the old one with no moment where the day is absent. False where unsupported."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    if rc != 0:
+        err = ctypes.get_errno()
+        if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+            return False
+        raise OSError(err, os.strerror(err), str(b))
+    return True
 
 
 def _fsync_dir(path: Path) -> None:

@@ -41,19 +41,22 @@ class Fingerprint:
     code_version: str = __version__
 
     def staleness(self, recorded: Fingerprint) -> str | None:
-        """Why a day recorded with `recorded` is stale for `self`, or None if it is not."""
-        for source in sorted(set(self.inputs) | set(recorded.inputs)):
-            now, then = self.inputs.get(source), recorded.inputs.get(source)
-            if now != then:
-                changed = sorted({tuple(f) for f in now or []} ^ {tuple(f) for f in then or []})
-                detail = f" ({changed[0][0]})" if changed else ""
-                return f"{source} changed since last run{detail}"
+        """Why a day recorded with `recorded` is stale for `self`, or None if it is not.
+
+        The DAG and config come first: a changed lookback also changes which files are read.
+        """
         changed_ops = sorted(name for name in set(self.operators) | set(recorded.operators)
                              if self.operators.get(name) != recorded.operators.get(name))
         if changed_ops:
             return f"compiled DAG changed (operator {', '.join(changed_ops)})"
         if self.config != recorded.config:
             return "config changed since last run"
+        for source in sorted(set(self.inputs) | set(recorded.inputs)):
+            now, then = self.inputs.get(source), recorded.inputs.get(source)
+            if now != then:
+                changed = sorted({tuple(f) for f in now or []} ^ {tuple(f) for f in then or []})
+                detail = f" ({changed[0][0]})" if changed else ""
+                return f"{source} changed since last run{detail}"
         if self.code_version != recorded.code_version:
             return f"code version changed ({recorded.code_version} → {self.code_version})"
         return None
