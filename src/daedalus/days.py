@@ -3,7 +3,7 @@
 A stage writes a day into a hidden staging folder beside it and renames it into
 place, so readers never see half a day. A per-day lock file keeps two runs
 from writing the same day at once; staging folders left by a killed run are
-removed by the next writer of that day.
+removed by the next writer of that day, or by the next stage's `sweep_staging`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from daedalus.errors import DaedalusError
+from daedalus.faults import crash_point
 
 STAGING_PREFIX = ".staging-"
 LOCK_DIR = ".locks"
@@ -88,6 +89,22 @@ def clean_staging(root: Path, day: dt.date) -> None:
             shutil.rmtree(child, ignore_errors=True)
 
 
+def sweep_staging(root: Path) -> None:
+    """Remove the staging folders killed runs left, for every day no live run is writing.
+
+    `staged_day` cleans a day it writes; this also reaches days that are never rewritten
+    (a run killed after publishing a day, before removing the day it replaced).
+    """
+    root = Path(root)
+    days = set()
+    for child in root.glob(f"{STAGING_PREFIX}dt=*") if root.is_dir() else ():
+        with contextlib.suppress(ValueError):
+            days.add(dt.date.fromisoformat(child.name[len(STAGING_PREFIX) + 3:][:10]))
+    for day in sorted(days):
+        with contextlib.suppress(DaedalusError), day_lock(root, day):
+            clean_staging(root, day)
+
+
 @contextlib.contextmanager
 def staged_day(root: Path, day: dt.date) -> Iterator[Path]:
     """Yield an empty staging folder; on success publish it as the day, atomically.
@@ -104,6 +121,7 @@ def staged_day(root: Path, day: dt.date) -> Iterator[Path]:
         _fsync_dir(staging)
         final = day_path(root, day)
         if final.exists() and _exchange(staging, final):
+            crash_point("days.after_exchange")
             shutil.rmtree(staging, ignore_errors=True)
         elif final.exists():
             retired = root / f"{STAGING_PREFIX}{day_name(day)}-old-{uuid.uuid4().hex[:12]}"
@@ -113,6 +131,7 @@ def staged_day(root: Path, day: dt.date) -> Iterator[Path]:
         else:
             staging.rename(final)
         _fsync_dir(root)
+        crash_point("days.after_publish")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

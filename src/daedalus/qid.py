@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from daedalus.days import LOCK_DIR, present_days
 from daedalus.errors import DaedalusError
+from daedalus.faults import crash_point
 
 
 def assign_qid(
@@ -84,6 +85,8 @@ class QidMap:
             fd = os.open(lock_dir / f"{self.path.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
+                for leftover in self.root.glob(f".{self.path.name}.*.tmp"):
+                    leftover.unlink(missing_ok=True)  # a killed writer's; writers hold this lock
                 yield
             finally:
                 os.close(fd)
@@ -145,6 +148,7 @@ class QidMap:
         pq.write_table(table, tmp, compression="zstd")
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        crash_point("qid.before_replace")
         os.replace(tmp, self.path)
         self._stamp = self._file_stamp()
 
