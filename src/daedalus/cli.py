@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from daedalus.errors import DaedalusError
 
@@ -151,8 +152,15 @@ def cmd_materialize_day(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage mistake is one line too (exit 2), not argparse's usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (fix: see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="daeda", description="Daedalus feature platform")
+    parser = _Parser(prog="daeda", description="Daedalus feature platform")
     sub = parser.add_subparsers(dest="command", required=True)
 
     pipeline = sub.add_parser("pipeline", help="compile or train a feature service")

@@ -33,11 +33,13 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from daedalus.avg_pool import EmbeddingTable
 from daedalus.config import Config, EmbeddingStoreSpec
 from daedalus.errors import DaedalusError
+from daedalus.faults import crash_point
+from daedalus.registry import column_null_count, open_parquet
+from daedalus.scratch import scratch_dir
 
 Progress = Callable[[str], None]
 METADATA_KEY = b"daedalus.store"
@@ -138,8 +140,8 @@ def _source_files(source: Path) -> list[Path]:
 
 def _check_source_schema(files: list[Path], spec: EmbeddingStoreSpec) -> None:
     for path in files:
-        schema = pq.read_schema(path)
-        fields = {f.name: f.type for f in schema}
+        parquet = open_parquet(path)
+        fields = {f.name: f.type for f in parquet.schema_arrow}
         id_type = fields.get(spec.id_column)
         if id_type is None or not pa.types.is_integer(id_type):
             raise DaedalusError(f"{path}: {spec.id_column}: missing or not an integer column"
@@ -158,6 +160,10 @@ def _check_source_schema(files: list[Path], spec: EmbeddingStoreSpec) -> None:
             raise DaedalusError(f"{path}: {spec.embedding_column}: vectors have {emb.list_size}"
                                 f" values, the store expects embedding_dim {spec.embedding_dim}"
                                 " (fix: set embedding_dim to the vectors' size)")
+        nulls = column_null_count(parquet, spec.id_column)
+        if nulls:
+            raise DaedalusError(f"{path}: {spec.id_column}: {nulls:,} null id(s); a vector needs"
+                                " its artwork id (fix: drop or repair those rows in the source)")
 
 
 def _source_fingerprint(source: Path, files: list[Path]) -> str:
@@ -228,6 +234,7 @@ def _store_batches(reader: pa.RecordBatchReader, spec: EmbeddingStoreSpec, sourc
         halves = values.to_numpy(zero_copy_only=False).astype(np.float16)
         vectors = pa.FixedSizeListArray.from_arrays(pa.array(halves), dim)
         yield pa.RecordBatch.from_arrays([batch.column(0), vectors], schema=schema)
+        crash_point("store.after_first_batch")
 
 
 # -- build --------------------------------------------------------------------------------------
@@ -267,6 +274,7 @@ def build_store(config: Config, name: str, *, force: bool = False,
     check_local_disk(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with _build_lock(path):
+        _sweep_builds(path)
         if _is_store(path) and not force:
             return store_info(config, name)
         source = source_path(config, spec)
@@ -275,33 +283,33 @@ def build_store(config: Config, name: str, *, force: bool = False,
         progress(f"store {name}: building from {len(files)} file(s) under {source} → {path}")
         started = time.perf_counter()
         staging = path.with_name(f".{path.name}.building-{uuid.uuid4().hex[:12]}")
-        work = Path(config.runtime.compute.duckdb_config.temp_directory) / staging.name
-        work.mkdir(parents=True, exist_ok=True)
+        work = Path(config.runtime.compute.duckdb_config.temp_directory) / staging.name.lstrip(".")
         metadata = {"name": name, "source": str(source.resolve()), "source_files": len(files),
                     "source_fingerprint": _source_fingerprint(source, files),
                     "built_at": dt.datetime.now(dt.UTC).isoformat(), "build_id": uuid.uuid4().hex}
         schema = _store_schema(spec, metadata)
-        con = _duckdb(config, work)
         failed: list[DaedalusError] = []
-        try:
-            reader = con.sql(build_query(source, spec)).to_arrow_reader(spec.build_batch_size)
-            batches = pa.RecordBatchReader.from_batches(
-                schema, _to_store_batches(reader, spec, source, schema, failed))
+        with scratch_dir(work):
+            con = _duckdb(config, work)
             try:
-                dataset = lance.write_dataset(batches, str(staging), schema=schema, mode="create")
-            except OSError:
-                if failed:
-                    raise failed[0] from None
+                reader = con.sql(build_query(source, spec)).to_arrow_reader(spec.build_batch_size)
+                batches = pa.RecordBatchReader.from_batches(
+                    schema, _to_store_batches(reader, spec, source, schema, failed))
+                try:
+                    dataset = lance.write_dataset(batches, str(staging), schema=schema, mode="create")
+                except OSError:
+                    if failed:
+                        raise failed[0] from None
+                    raise
+                dataset.create_scalar_index(spec.id_column, index_type="BTREE")
+                rows = dataset.count_rows()
+                crash_point("store.before_publish")
+                _publish(staging, path)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
                 raise
-            dataset.create_scalar_index(spec.id_column, index_type="BTREE")
-            rows = dataset.count_rows()
-            _publish(staging, path)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        finally:
-            con.close()
-            shutil.rmtree(work, ignore_errors=True)
+            finally:
+                con.close()
         progress(f"store {name}: {rows:,} vectors in {time.perf_counter() - started:.1f}s")
     return store_info(config, name)
 
@@ -314,6 +322,13 @@ def _publish(staging: Path, path: Path) -> None:
         shutil.rmtree(retired, ignore_errors=True)
     else:
         staging.rename(path)
+
+
+def _sweep_builds(path: Path) -> None:
+    """Remove the build folders a killed builder left beside the store (caller holds the lock)."""
+    for child in path.parent.glob(f".{path.name}.*"):
+        if child.is_dir() and (".building-" in child.name or ".old-" in child.name):
+            shutil.rmtree(child, ignore_errors=True)
 
 
 def _is_store(path: Path) -> bool:

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import re
+import socket
 import sys
 import time
 import warnings
@@ -40,10 +41,11 @@ import pyarrow.parquet as pq
 
 from daedalus.avg_pool import EmbeddingTable, fp16_list_array, like_windows, lookup, window_means
 from daedalus.config import Config
-from daedalus.days import day_lock, day_path, ensure_writable, staged_day
+from daedalus.days import day_lock, day_path, ensure_writable, staged_day, sweep_staging
 from daedalus.embedding_store import StoreReader, ensure_store, store_version
 from daedalus.errors import DaedalusError
 from daedalus.executor import DayResult, RayEnvelope
+from daedalus.faults import crash_point
 from daedalus.manifest import Manifest, day_state, enrich_fingerprint, read_manifest, write_manifest
 from daedalus.operators import OperatorPipeline, RayUdfTransform, Sink
 
@@ -228,7 +230,8 @@ def ray_runtime(envelope: RayEnvelope, progress: Progress = print) -> RayEnvelop
             ray.shutdown()
     if not ray.is_initialized():
         if address:
-            progress(f"ray: connecting to the cluster at {address}")
+            check_ray_address(address)
+            progress(f"ray: connecting to the cluster at {redact_address(address)}")
             if _is_loopback(address):
                 _use_local_token()
             with _no_fork_warning():
@@ -258,8 +261,32 @@ _LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 _ORIGINAL_LOOPBACK_ENV = os.environ.get(_LOOPBACK_ENV)
 
 
+def redact_address(address: str) -> str:
+    """The address without any `user:password@` in it, fit for logs and errors."""
+    return re.sub(r"^((?:[a-z][a-z0-9+.-]*://)?)[^/@]*@", r"\1***@", address, flags=re.I)
+
+
+def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
+    """Fail in seconds when the Ray address answers nothing: `ray.init` would retry for minutes."""
+    if not address or address in ("auto", "local"):
+        return
+    shown = redact_address(address)
+    host, sep, port = address.split("://", 1)[-1].rsplit("@", 1)[-1].rstrip("/").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise DaedalusError(f"ray address: {shown!r} is not host:port (fix: pass --ray-address"
+                            " like 127.0.0.1:6379 or ray://host:10001, or drop it for a local"
+                            " cluster)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise DaedalusError(f"ray address: nothing answers at {shown} ({exc.strerror or exc})"
+                            " (fix: start the cluster with `ray start --head`, correct"
+                            " --ray-address / RAY_ADDRESS / ray.address, or drop it for a local"
+                            " cluster)") from None
+
+
 def _is_loopback(address: str) -> bool:
-    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    host = address.split("://", 1)[-1].rsplit("@", 1)[-1].rsplit(":", 1)[0].strip("[]")
     return host in ("127.0.0.1", "localhost", "::1")
 
 
@@ -419,6 +446,25 @@ def _filename_provider():
     return PartNames(file_format="parquet")
 
 
+def prepare_enrich(pipeline: OperatorPipeline, config: Config, envelope: RayEnvelope,
+                   progress: Progress = print) -> tuple[EnrichPlan, dict[str, dict]]:
+    """What the stage checks before any day, so a bad input fails before anything is written:
+    the DAG, the batch size, the Ray address, and each store (built here on first use)."""
+    plan = EnrichPlan.build(pipeline, config)
+    batch_rows = config.runtime.enrich_batch_rows
+    dims = {s.name: s.embedding_dim for s in config.aggregations.embedding_stores}
+    if any(batch_rows * dims[s] >= 2**31 for s in plan.stores):
+        raise DaedalusError(f"{config.runtime_path}: enrich_batch_rows: {batch_rows:,} rows of"
+                            " embeddings overflow one Arrow list column (fix: use at most 1000000)")
+    check_ray_address(envelope.address)
+    stores = {}
+    for store in plan.stores:
+        spec = config.aggregations.store(store)
+        stores[store] = {"path": str(ensure_store(config, store, progress).resolve()),
+                         "id_column": spec.id_column, "embedding_column": spec.embedding_column}
+    return plan, stores
+
+
 def run_enrich_stage(
     pipeline: OperatorPipeline,
     config: Config,
@@ -435,19 +481,10 @@ def run_enrich_stage(
     A day is skipped when its manifest matches the skeleton day and store it would read now;
     a stale or incomplete one is rewritten, and `force` rewrites every day.
     """
-    plan = EnrichPlan.build(pipeline, config)
+    plan, stores = prepare_enrich(pipeline, config, envelope, progress)
     skeleton_root = Path(skeleton_root).resolve()
     enriched_root = ensure_writable(Path(enriched_root), "enriched output root").resolve()
-    batch_rows = config.runtime.enrich_batch_rows
-    dims = {s.name: s.embedding_dim for s in config.aggregations.embedding_stores}
-    if any(batch_rows * dims[s] >= 2**31 for s in plan.stores):
-        raise DaedalusError(f"{config.runtime_path}: enrich_batch_rows: {batch_rows:,} rows of"
-                            " embeddings overflow one Arrow list column (fix: use at most 1000000)")
-    stores = {}
-    for store in plan.stores:
-        spec = config.aggregations.store(store)
-        stores[store] = {"path": str(ensure_store(config, store, progress).resolve()),
-                         "id_column": spec.id_column, "embedding_column": spec.embedding_column}
+    sweep_staging(enriched_root)
     versions = {s: store_version(Path(args["path"])) for s, args in stores.items()}
     results = []
     runtime: RayEnvelope | None = None
@@ -477,9 +514,9 @@ def run_enrich_stage(
             results.append(DayResult("enrich", day, "empty", 0, None, 0.0, message))
             progress(f"enrich {day}: {message}")
             continue
-        if runtime is None:
-            runtime = ray_runtime(envelope, progress)
         with day_lock(enriched_root, day):
+            if runtime is None:
+                runtime = ray_runtime(envelope, progress)
             written, parts = _enrich_day(plan, config, day, files, rows, stores, fingerprint,
                                          enriched_root, runtime)
         seconds = time.perf_counter() - started
@@ -544,5 +581,6 @@ def _enrich_day(plan: EnrichPlan, config: Config, day: dt.date, files: list[Path
         write_manifest(staging, Manifest(stage="enrich", day=day.isoformat(), rows=written,
                                          files=parts, fingerprint=fingerprint,
                                          timings={k: round(v, 3) for k, v in timings.items()}))
+        crash_point("enrich.before_publish")
     del refs
     return written, parts

@@ -91,6 +91,9 @@ class RayEnvelope:
         if values["num_cpus"] <= 0:
             raise DaedalusError(f"--ray-num-cpus: {values['num_cpus']} is not a positive CPU count"
                                 " (fix: pass 1 or more)")
+        if values.get("num_workers") is not None and values["num_workers"] <= 0:
+            raise DaedalusError(f"--num-workers: {values['num_workers']} is not a positive actor"
+                                " count (fix: pass 1 or more, or leave it out to size the pool)")
         return cls(**values)
 
     @property
@@ -183,6 +186,7 @@ def run_pipeline(
     started = time.perf_counter()
     results: list[DayResult] = []
     progress(f"{service}: {len(days)} day(s) {days[0]}..{days[-1]}, DAG {source}")
+    _check_inputs(pipeline, registry, config, days, envelope, enrich_only, skeleton_only, progress)
     if not enrich_only:
         from daedalus.skeleton import run_skeleton_stage
 
@@ -197,6 +201,19 @@ def run_pipeline(
     return RunSummary(service=service, days=tuple(days), results=tuple(results),
                       output_root=str(skeleton_root), enriched_root=str(enriched_root),
                       pipeline_source=source, seconds=time.perf_counter() - started)
+
+
+def _check_inputs(pipeline, registry, config, days, envelope, enrich_only, skeleton_only,
+                  progress) -> None:
+    """Bad sources, stores or Ray addresses fail here, before either stage writes anything."""
+    if not enrich_only:
+        from daedalus.skeleton import check_sources
+
+        check_sources(pipeline, registry, config, days)
+    if not skeleton_only and pipeline.has_enrichment:
+        from daedalus.enrich import prepare_enrich
+
+        prepare_enrich(pipeline, config, envelope, progress)
 
 
 def plan_pipeline(

@@ -275,23 +275,57 @@ def check_source_schema(view: FeatureView, sources_root: Path) -> None:
     """Compare a view's declared columns with its parquet files, when the source exists."""
     folder = Path(sources_root) / view.source
     files = sorted(folder.glob("dt=*/*.parquet"))
-    if not files:
-        return
+    if files:
+        _check_columns(view, files[-1], open_parquet(files[-1]).schema_arrow)
+
+
+def check_source_files(view: FeatureView, files: list[Path]) -> None:
+    """Every file a run will read, before it reads any: a readable footer, the declared
+    columns and types, and no nulls where the view says `nullable: false` (the footer's
+    statistics answer that; a file written without them has the column read)."""
+    for path in files:
+        parquet = open_parquet(path)
+        _check_columns(view, path, parquet.schema_arrow)
+        for col in view.columns:
+            nulls = 0 if col.nullable else column_null_count(parquet, col.name)
+            if nulls:
+                raise DaedalusError(f"{path}: {col.name}: {nulls:,} null value(s) in a column"
+                                    f" {view.path} declares non-null (fix: drop or repair those"
+                                    " rows in the source)")
+
+
+def open_parquet(path: Path) -> pq.ParquetFile:
+    """The file's footer, or a one-line error naming a file that is not parquet."""
     try:
-        schema = pq.read_schema(files[-1])
+        return pq.ParquetFile(path)
     except Exception as exc:  # noqa: BLE001 - any read failure is a corrupt file to the user
-        raise DaedalusError(f"{files[-1]}: not a readable parquet file ({type(exc).__name__})"
+        raise DaedalusError(f"{path}: not a readable parquet file ({type(exc).__name__})"
                             " (fix: rewrite or remove the file)") from None
+
+
+def _check_columns(view: FeatureView, path: Path, schema: pa.Schema) -> None:
     for col in view.columns:
         if col.name not in schema.names:
-            raise DaedalusError(f"{files[-1]}: {col.name}: column declared in {view.path} is missing"
+            raise DaedalusError(f"{path}: {col.name}: column declared in {view.path} is missing"
                                 f" from the source (fix: add it to the source or remove it from"
                                 f" {view.path.name})")
         actual = schema.field(col.name).type
         if not types_compatible(ARROW_TYPES[col.dtype], actual):
-            raise DaedalusError(f"{files[-1]}: {col.name}: source type {actual} does not match"
+            raise DaedalusError(f"{path}: {col.name}: source type {actual} does not match"
                                 f" {col.dtype} declared in {view.path} (fix: write"
                                 f" {ARROW_TYPES[col.dtype]} or change the declared dtype)")
+
+
+def column_null_count(parquet: pq.ParquetFile, name: str) -> int:
+    meta = parquet.metadata
+    index = next(i for i in range(meta.num_columns) if meta.schema.column(i).path == name)
+    total = 0
+    for group in range(meta.num_row_groups):
+        stats = meta.row_group(group).column(index).statistics
+        if stats is None or not stats.has_null_count:
+            return parquet.read(columns=[name]).column(0).null_count
+        total += stats.null_count
+    return total
 
 
 def types_compatible(declared: pa.DataType, actual: pa.DataType) -> bool:

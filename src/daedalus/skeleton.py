@@ -13,7 +13,6 @@ the output is the same as with N = 1.
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 import threading
 import time
 import uuid
@@ -27,9 +26,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from daedalus.config import Config, parse_duration
-from daedalus.days import day_lock, day_path, ensure_writable, staged_day
+from daedalus.days import day_lock, day_path, ensure_writable, staged_day, sweep_staging
 from daedalus.errors import DaedalusError
 from daedalus.executor import DayResult
+from daedalus.faults import crash_point
 from daedalus.manifest import (
     Manifest,
     day_state,
@@ -48,6 +48,8 @@ from daedalus.operators import (
     Sink,
 )
 from daedalus.qid import QidMap
+from daedalus.registry import Registry, check_source_files
+from daedalus.scratch import scratch_dir
 from daedalus.skeleton_sql import (
     SPINE_ROW,
     day_params,
@@ -240,6 +242,33 @@ class _Abandoned(Exception):
     """An earlier day failed; this one stops before touching the qid map."""
 
 
+def scan_files(config: Config, scan: Scan, day: dt.date) -> list[Path]:
+    """The parquet files `scan` reads for `day`: the day's dt partition and its lookback's."""
+    root = Path(config.base.sources_root) / scan.source
+    return [
+        f
+        for d in scan_days(day, scan.lookback)
+        for f in sorted((root / f"dt={d:%Y-%m-%d}").glob("*.parquet"))
+    ]
+
+
+def check_sources(
+    pipeline: OperatorPipeline, registry: Registry, config: Config, days: list[dt.date]
+) -> None:
+    """Every source file the days will read is checked against its view before any day runs,
+    so a bad file fails the run before it writes anything (see registry.check_source_files)."""
+    for scan in pipeline.of_kind("Scan"):
+        root = Path(config.base.sources_root) / scan.source
+        if next(iter(root.glob("dt=*/*.parquet")), None) is None:
+            raise DaedalusError(
+                f"{root}: no parquet files in any dt= partition of source {scan.source!r},"
+                " so its column types are unknown (fix: point sources_root or"
+                " DAEDALUS_SOURCES_ROOT at the sources, or write one partition)"
+            )
+        files = sorted({f for day in days for f in scan_files(config, scan, day)})
+        check_source_files(registry.view(scan.view), files)
+
+
 def run_skeleton_stage(
     pipeline: OperatorPipeline,
     config: Config,
@@ -256,6 +285,7 @@ def run_skeleton_stage(
     """
     plan = SkeletonPlan.build(pipeline, config)
     output_root = ensure_writable(Path(output_root))
+    sweep_staging(output_root)
     results: dict[dt.date, DayResult] = {}
     todo: list[dt.date] = []
     for day in sorted(set(days)):
@@ -329,16 +359,14 @@ class _DayRun:
 
     def run(self) -> DayResult:
         started = time.perf_counter()
-        with day_lock(self.output_root, self.day):
+        with day_lock(self.output_root, self.day), scratch_dir(self.work):
             fingerprint = skeleton_fingerprint(self.plan.pipeline, self.config, self.day)
-            self.work.mkdir(parents=True, exist_ok=True)
             self.con = self._connect()
             try:
                 rows = self._stages()
                 files = self._publish(rows, fingerprint) if rows else []
             finally:
                 self.con.close()
-                shutil.rmtree(self.work, ignore_errors=True)
         seconds = time.perf_counter() - started
         if not rows:
             message = f"no rows: no impressions on {self.day}, nothing written"
@@ -367,6 +395,7 @@ class _DayRun:
                 timings=self._rounded(),
             )
             write_manifest(staging, manifest)
+            crash_point("skeleton.before_publish")
         return files
 
     def _rounded(self) -> dict[str, float]:
@@ -392,11 +421,7 @@ class _DayRun:
 
     def _scan_files(self, scan: Scan) -> list[str]:
         root = Path(self.config.base.sources_root) / scan.source
-        files = [
-            str(f)
-            for d in scan_days(self.day, scan.lookback)
-            for f in sorted((root / f"dt={d:%Y-%m-%d}").glob("*.parquet"))
-        ]
+        files = [str(f) for f in scan_files(self.config, scan, self.day)]
         if files:
             return files
         return [self._empty_like(scan, root)]
