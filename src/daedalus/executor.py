@@ -186,7 +186,8 @@ def run_pipeline(
     started = time.perf_counter()
     results: list[DayResult] = []
     progress(f"{service}: {len(days)} day(s) {days[0]}..{days[-1]}, DAG {source}")
-    _check_inputs(pipeline, registry, config, days, envelope, enrich_only, skeleton_only, progress)
+    _check_inputs(pipeline, registry, config, days, envelope, enrich_only, skeleton_only, progress,
+                  skeleton_root, enriched_root)
     if not enrich_only:
         from daedalus.skeleton import run_skeleton_stage
 
@@ -204,15 +205,20 @@ def run_pipeline(
 
 
 def _check_inputs(pipeline, registry, config, days, envelope, enrich_only, skeleton_only,
-                  progress) -> None:
-    """Bad sources, stores or Ray addresses fail here, before either stage writes anything."""
+                  progress, skeleton_root, enriched_root) -> None:
+    """Bad sources, output roots, stores or Ray addresses fail here, before anything is written."""
+    from daedalus.days import ensure_writable
+
+    enrich = not skeleton_only and pipeline.has_enrichment
     if not enrich_only:
         from daedalus.skeleton import check_sources
 
         check_sources(pipeline, registry, config, days)
-    if not skeleton_only and pipeline.has_enrichment:
+        ensure_writable(skeleton_root)
+    if enrich:
         from daedalus.enrich import prepare_enrich
 
+        ensure_writable(enriched_root, "enriched output root")
         prepare_enrich(pipeline, config, envelope, progress)
 
 
@@ -227,12 +233,13 @@ def plan_pipeline(
     enrich_only: bool = False,
     output_root: Path | str | None = None,
     force: bool = False,
+    pipeline: OperatorPipeline | None = None,
 ):
     """What `run_pipeline` would do per day and stage, and why (`--dry-run`); runs nothing."""
     from daedalus.status import plan, stage_states
 
     config, pipeline, _ = _prepare(service, config, registry, pipelines_dir, skeleton_only,
-                                   enrich_only, output_root, None, None)
+                                   enrich_only, output_root, None, pipeline)
     stages = ("enrich",) if enrich_only else ("skeleton",) if skeleton_only else ("skeleton", "enrich")
     states = stage_states(pipeline, config, target_days(config, target_date),
                           Path(config.runtime.output_root), stages)
