@@ -471,6 +471,9 @@ class _DayRun:
         try:
             rows = self.con.execute(copy, self._params(copy)).fetchone()[0]
         except duckdb.Error as exc:
+            unreadable = self._unreadable_source()
+            if unreadable:
+                raise unreadable from None
             raise DaedalusError(
                 f"{self.plan.pipeline.service} DAG: operators.{op.name}: DuckDB"
                 f" failed on {self.day}: {str(exc).splitlines()[0]} (fix: check the"
@@ -479,6 +482,21 @@ class _DayRun:
         self._view(op.name, target)
         self.timings[op.name] = time.perf_counter() - started
         return rows
+
+    def _unreadable_source(self) -> DaedalusError | None:
+        """After a DuckDB failure: the day's source file whose data pages do not decode, if any
+        (a footer that reads fine was checked before the run; the pages only now)."""
+        for scan in self.plan.scans:
+            for path in scan_files(self.config, scan, self.day):
+                try:
+                    pq.read_table(path)
+                except Exception as exc:  # noqa: BLE001 - any decode failure is a corrupt file
+                    detail = str(exc).splitlines()[0] if str(exc) else ""
+                    return DaedalusError(
+                        f"{path}: unreadable parquet data ({type(exc).__name__}: {detail})"
+                        " (fix: rewrite or remove the file)"
+                    )
+        return None
 
     def _view(self, name: str, target: Path) -> None:
         self.con.execute(
