@@ -1,0 +1,281 @@
+"""The bad-input catalogue, end to end: `daeda pipeline train` on a broken input explains the
+mistake in one line and writes nothing.
+
+Each case breaks one thing in a throwaway workspace (a copy of the small demo sources and of
+the project's config and registry), runs the CLI in-process and asserts: a non-zero exit; on
+stderr, besides progress lines, exactly one line, starting `error: `, naming the file, field
+or date and the fix; no traceback; no day folder (skeleton or enriched) and, unless the case
+says the store was legitimately built before the failure, no store. Cases the config, registry
+and compiler tests already pin down are listed in docs/bad-inputs.md with their test names.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from reliability import D2, Workspace, demo_sources, workspace
+
+from daedalus.cli import main
+
+TS = pa.timestamp("us", tz="UTC")
+DIM = 1152
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    return demo_sources(tmp_path_factory.mktemp("demo") / "sources")
+
+
+@pytest.fixture
+def ws(tmp_path, demo, monkeypatch) -> Workspace:
+    for name in ("DAEDALUS_SOURCES_ROOT", "DAEDALUS_STORE_ROOT", "RAY_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    return workspace(tmp_path / "ws", demo, copy_sources=True)
+
+
+# -- ways to break things -----------------------------------------------------------------------
+
+
+def part(ws: Workspace, source: str, day: str) -> Path:
+    return ws.sources / source / f"dt={day}" / "part-0.parquet"
+
+
+def rewrite(path: Path, change: Callable[[pa.Table], pa.Table]) -> None:
+    pq.write_table(change(pq.read_table(path)), path)
+
+
+def set_column(table: pa.Table, name: str, array: pa.Array) -> pa.Table:
+    return table.set_column(table.schema.get_field_index(name), name, array)
+
+
+def null_first(table: pa.Table, name: str) -> pa.Table:
+    values = table[name].combine_chunks()
+    mask = np.zeros(len(values), bool)
+    mask[0] = True
+    return set_column(table, name, pc.if_else(pa.array(mask), pa.scalar(None, values.type), values))
+
+
+def corrupt_pages(path: Path) -> None:
+    """Overwrite bytes inside a column chunk; the footer still reads."""
+    data = bytearray(path.read_bytes())
+    start = pq.ParquetFile(path).metadata.row_group(0).column(2).data_page_offset + 20
+    data[start:start + 180] = b"\xab" * 180
+    path.write_bytes(bytes(data))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_vectors(ws: Workspace, day: str, column: pa.Array, ids: list | None = None) -> Path:
+    folder = ws.sources / "siglip2_vectors" / f"dt={day}"
+    folder.mkdir(parents=True, exist_ok=True)
+    ids = ids if ids is not None else list(range(9001, 9001 + len(column)))
+    path = folder / "part-0.parquet"
+    pq.write_table(pa.table({"id": pa.array(ids, pa.int64()), "image_embedding": column}), path)
+    return path
+
+
+@dataclass
+class Case:
+    """`setup(ws, monkeypatch)` breaks one thing and returns extra CLI args; `expect` are
+    substrings of the error line (the file, field or date it must name)."""
+
+    name: str
+    setup: Callable
+    expect: tuple[str, ...]
+    store_may_exist: bool = False
+    argv: Callable | None = field(default=None)
+
+
+def _runtime(ws, old, new):
+    ws.edit("config/training/runtime.yaml", old, new)
+    return []
+
+
+CASES = [
+    # -- the command line ----------------------------------------------------------------------
+    Case("unparseable_target_date", lambda ws, mp: ["--target-date", "2026-02-30"],
+         ("--target-date", "'2026-02-30' is not a date", "YYYY-MM-DD")),
+    Case("target_date_not_iso", lambda ws, mp: ["--target-date", "02/01/2026"],
+         ("--target-date", "'02/01/2026'")),
+    Case("day_workers_zero", lambda ws, mp: ["--day-workers", "0"], ("--day-workers: 0",)),
+    Case("day_workers_negative", lambda ws, mp: ["--day-workers", "-3"], ("--day-workers: -3",)),
+    Case("day_workers_not_a_number", lambda ws, mp: ["--day-workers", "two"],
+         ("--day-workers", "invalid int value: 'two'")),
+    Case("ray_num_cpus_zero", lambda ws, mp: ["--ray-num-cpus", "0"], ("--ray-num-cpus: 0",)),
+    Case("ray_num_cpus_negative", lambda ws, mp: ["--ray-num-cpus", "-1"], ("--ray-num-cpus: -1",)),
+    Case("num_workers_zero", lambda ws, mp: ["--num-workers", "0"], ("--num-workers: 0",)),
+    Case("skeleton_only_and_enrich_only", lambda ws, mp: ["--skeleton-only", "--enrich-only"],
+         ("--enrich-only", "not allowed with", "--skeleton-only")),
+    Case("unknown_service", None, ("unknown feature service 'ranking'", "dssm_ranking"),
+         argv=lambda ws: ["pipeline", "train", "ranking", *ws.flags()]),
+    Case("unknown_ray_address", lambda ws, mp: ["--ray-address", f"127.0.0.1:{free_port()}"],
+         ("ray address: nothing answers at 127.0.0.1:", "ray start --head")),
+    Case("unknown_ray_address_from_env",
+         lambda ws, mp: mp.setenv("RAY_ADDRESS", f"127.0.0.1:{free_port()}") or [],
+         ("ray address: nothing answers at 127.0.0.1:", "RAY_ADDRESS")),
+    Case("ray_address_not_host_port", lambda ws, mp: ["--ray-address", "my-cluster"],
+         ("ray address: 'my-cluster' is not host:port",)),
+    Case("output_root_not_writable",
+         lambda ws, mp: (ws.root / "a-file").write_text("x") and ["--output-root",
+                                                                  str(ws.root / "a-file" / "out")],
+         ("a-file/out: output root is not writable", "--output-root")),
+    Case("store_on_unsupported_filesystem",
+         lambda ws, mp: mp.setenv("DAEDALUS_STORE_ROOT", "s3://bucket/stores") or [],
+         ("s3:/bucket/stores/artwork_embedding", "the store must be on local disk",
+          "DAEDALUS_STORE_ROOT")),
+    # -- the YAML ------------------------------------------------------------------------------
+    Case("malformed_view_yaml",
+         lambda ws, mp: (ws.project / "feature_views/user_profile.yaml").write_text(
+             "name: user_profile\nentities: [oops\n") and [],
+         ("user_profile.yaml", "malformed YAML at line")),
+    Case("malformed_hand_edited_dag",
+         lambda ws, mp: (ws.project / "config/pipelines/dssm_ranking.yaml").write_text(
+             "operators:\n  - {name: a\n") and [],
+         ("config/pipelines/dssm_ranking.yaml", "malformed YAML")),
+    Case("feed_end_before_feed_start",
+         lambda ws, mp: _runtime(ws, f"feed_end: {D2}", "feed_end: 2026-01-01"),
+         ("runtime.yaml", "feed_end 2026-01-01 is before feed_start 2026-02-01")),
+    Case("enrich_batch_rows_overflow",
+         lambda ws, mp: _runtime(ws, "enrich_batch_rows: 50000", "enrich_batch_rows: 5000000"),
+         ("runtime.yaml: enrich_batch_rows", "at most")),
+    Case("unknown_feature_in_service",
+         lambda ws, mp: ws.edit("feature_services/dssm_ranking.yaml", "user_profile:country",
+                                "user_profile:colour") or [],
+         ("dssm_ranking.yaml", "no feature 'colour'")),
+    # -- the sources ---------------------------------------------------------------------------
+    Case("source_column_missing",
+         lambda ws, mp: rewrite(part(ws, "feed_impressions", "2026-02-01"),
+                                lambda t: t.drop_columns(["is_click"])) or [],
+         ("feed_impressions/dt=2026-02-01/part-0.parquet: is_click: column declared in",)),
+    Case("type_mismatch_in_an_older_partition",
+         lambda ws, mp: rewrite(part(ws, "user_likes", "2026-01-27"),
+                                lambda t: t.set_column(2, "artwork_id", t["artwork_id"].cast(
+                                    pa.int32()))) or [],
+         ("user_likes/dt=2026-01-27/part-0.parquet: artwork_id: source type int32 does not"
+          " match int64",)),
+    Case("timestamps_without_time_zone",
+         lambda ws, mp: rewrite(part(ws, "feed_impressions", "2026-02-02"),
+                                lambda t: set_column(t, "event_timestamp",
+                                                     t["event_timestamp"].cast(
+                                                         pa.timestamp("us")))) or [],
+         ("dt=2026-02-02/part-0.parquet: event_timestamp: source type timestamp[us] does not",)),
+    Case("timestamps_in_another_time_zone",
+         lambda ws, mp: rewrite(part(ws, "user_profile", "2026-01-30"),
+                                lambda t: set_column(t, "feature_timestamp",
+                                                     t["feature_timestamp"].cast(
+                                                         pa.timestamp("us", tz="Asia/Tokyo"))))
+         or [],
+         ("user_profile/dt=2026-01-30/part-0.parquet: feature_timestamp", "Asia/Tokyo")),
+    Case("null_user_id_in_the_spine",
+         lambda ws, mp: rewrite(part(ws, "feed_impressions", "2026-02-02"),
+                                lambda t: null_first(t, "user_id")) or [],
+         ("feed_impressions/dt=2026-02-02/part-0.parquet: user_id: 1 null value(s)",)),
+    Case("null_artwork_id_in_artwork_stats",
+         lambda ws, mp: rewrite(part(ws, "artwork_stats", "2026-01-31"),
+                                lambda t: null_first(t, "artwork_id")) or [],
+         ("artwork_stats/dt=2026-01-31/part-0.parquet: artwork_id: 1 null value(s)",)),
+    Case("null_timestamp_in_user_likes",
+         lambda ws, mp: rewrite(part(ws, "user_likes", "2026-01-30"),
+                                lambda t: null_first(t, "event_timestamp")) or [],
+         ("user_likes/dt=2026-01-30/part-0.parquet: event_timestamp: 1 null value(s)",)),
+    Case("corrupt_parquet_file",
+         lambda ws, mp: part(ws, "user_profile", "2026-01-29").write_bytes(b"PAR1 not really")
+         and [],
+         ("user_profile/dt=2026-01-29/part-0.parquet: not a readable parquet file",)),
+    Case("truncated_parquet_file",
+         lambda ws, mp: (lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]))(
+             part(ws, "feed_impressions", "2026-02-01")) and [],
+         ("feed_impressions/dt=2026-02-01/part-0.parquet: not a readable parquet file",)),
+    Case("corrupt_data_pages_behind_a_good_footer",
+         lambda ws, mp: corrupt_pages(part(ws, "user_likes", "2026-01-30")) or ["--skeleton-only"],
+         ("user_likes/dt=2026-01-30/part-0.parquet: unreadable parquet data",)),
+    Case("empty_source_folder",
+         lambda ws, mp: [p.unlink() for p in (ws.sources / "artwork_stats").glob("*/*.parquet")]
+         and [],
+         ("artwork_stats: no parquet files in any dt= partition of source 'artwork_stats'",
+          "sources_root")),
+    Case("sources_root_elsewhere",
+         lambda ws, mp: mp.setenv("DAEDALUS_SOURCES_ROOT", str(ws.root / "nowhere")) or [],
+         ("nowhere/feed_impressions: no parquet files", "DAEDALUS_SOURCES_ROOT")),
+    Case("corrupt_qid_map",
+         lambda ws, mp: (ws.out.mkdir(parents=True) or (ws.out / "qid_map.parquet").write_bytes(
+             b"garbage")) and ["--skeleton-only"],
+         ("qid_map.parquet: not a readable qid map", "delete it")),
+    # -- the embedding source ------------------------------------------------------------------
+    Case("embedding_dimension_wrong",
+         lambda ws, mp: write_vectors(ws, "2026-01-31", pa.FixedSizeListArray.from_arrays(
+             pa.array(np.zeros(2 * 768, np.float16)), 768)) and [],
+         ("siglip2_vectors/dt=2026-01-31/part-0.parquet: image_embedding: vectors have 768",
+          "embedding_dim 1152")),
+    Case("embedding_dtype_wrong",
+         lambda ws, mp: write_vectors(ws, "2026-01-31", pa.FixedSizeListArray.from_arrays(
+             pa.array(np.zeros(2 * DIM, np.float32)), DIM)) and [],
+         ("siglip2_vectors/dt=2026-01-31/part-0.parquet: image_embedding: expected",
+          "float>[1152]", "write float16 vectors")),
+    Case("embedding_list_of_the_wrong_length",
+         lambda ws, mp: write_vectors(ws, "2026-01-31", pa.array(
+             [np.zeros(DIM, np.float16), np.zeros(DIM - 1, np.float16)],
+             pa.list_(pa.float16()))) and [],
+         ("siglip2_vectors/dt=2026-01-31: image_embedding: id 9002 has 1151 values",),
+         ),
+    Case("null_ids_in_siglip2_vectors",
+         lambda ws, mp: write_vectors(ws, "2026-01-31", pa.FixedSizeListArray.from_arrays(
+             pa.array(np.zeros(2 * DIM, np.float16)), DIM), ids=[5, None]) and [],
+         ("siglip2_vectors/dt=2026-01-31/part-0.parquet: id: 1 null id(s)",)),
+    Case("embedding_partition_not_a_date",
+         lambda ws, mp: (ws.sources / "siglip2_vectors" / "latest").mkdir() or [],
+         ("siglip2_vectors/latest: not a dt=YYYY-MM-DD partition",)),
+    Case("embedding_source_missing",
+         lambda ws, mp: __import__("shutil").rmtree(ws.sources / "siglip2_vectors") or [],
+         ("siglip2_vectors: embedding source folder does not exist",)),
+]
+
+
+def _error_lines(err: str) -> list[str]:
+    """stderr without the timestamped progress lines: what explains the failure."""
+    return [line for line in err.splitlines() if not re.match(r"^\[\d\d:\d\d:\d\d\] ", line)]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input_is_one_line_and_writes_nothing(case: Case, ws: Workspace, monkeypatch,
+                                                  capsys) -> None:
+    if case.argv is not None:
+        argv = case.argv(ws)
+    else:
+        argv = ws.train(*case.setup(ws, monkeypatch))
+    started = time.monotonic()
+    try:
+        rc = main(argv)
+    except SystemExit as exc:  # argparse's own mistakes exit from inside parse_args
+        rc = exc.code
+    seconds = time.monotonic() - started
+    err = capsys.readouterr().err
+    lines = _error_lines(err)
+    assert rc != 0 and rc == 2, (rc, err)
+    assert len(lines) == 1, err
+    line = lines[0]
+    assert line.startswith("error: "), err
+    assert "Traceback" not in err
+    assert "fix" in line, line
+    for text in case.expect:
+        assert text in line, (text, line)
+    assert seconds < 30, f"took {seconds:.0f}s to refuse"
+    for root in (ws.out, ws.enriched, ws.root / "a-file"):
+        assert not list(root.glob("dt=*")) if root.is_dir() else True, root
+    assert not list(ws.root.rglob("dt=*/_manifest.json"))
+    if not case.store_may_exist:
+        assert not ws.store.exists()
