@@ -49,7 +49,7 @@ from daedalus.operators import (
 )
 from daedalus.qid import QidMap
 from daedalus.registry import Registry, check_source_files
-from daedalus.scratch import scratch_dir
+from daedalus.scratch import scratch_dir, sweep_scratch
 from daedalus.skeleton_sql import (
     SPINE_ROW,
     day_params,
@@ -286,6 +286,7 @@ def run_skeleton_stage(
     plan = SkeletonPlan.build(pipeline, config)
     output_root = ensure_writable(Path(output_root))
     sweep_staging(output_root)
+    sweep_scratch(Path(config.runtime.compute.duckdb_config.temp_directory))
     results: dict[dt.date, DayResult] = {}
     todo: list[dt.date] = []
     for day in sorted(set(days)):
