@@ -5,16 +5,21 @@ no feature logic lives here. A partition is a day: compile → skeleton → enri
 """
 
 import datetime as dt
+import hashlib
+import json
 from pathlib import Path
 
 import dagster as dg
 
+from daedalus import __version__
 from daedalus.audit import written_day
 from daedalus.compiler import resolve_pipeline
 from daedalus.config import Config, enriched_root_for
+from daedalus.days import day_path
 from daedalus.defs.partitions import daily_partitions
 from daedalus.defs.resources import DaedalusConfig
-from daedalus.executor import run_pipeline
+from daedalus.executor import plan_pipeline, run_pipeline
+from daedalus.manifest import read_manifest
 from daedalus.operators import OperatorPipeline
 from daedalus.registry import Registry, service_views
 
@@ -76,34 +81,55 @@ def skeleton_stage(context: dg.OpExecutionContext, cfg: DaedalusConfig,
                    pipeline: OperatorPipeline) -> dict:
     """Source-side operators (DuckDB) for the partition's day."""
     config, day = cfg.load_config(), _day(context)
-    summary = run_pipeline(pipeline.service, config=config, registry=cfg.load_registry(),
+    registry = cfg.load_registry()
+    (planned,) = plan_pipeline(pipeline.service, config=config, registry=registry, pipeline=pipeline,
+                               target_date=day, skeleton_only=True)
+    summary = run_pipeline(pipeline.service, config=config, registry=registry,
                            pipeline=pipeline, target_date=day, skeleton_only=True,
                            progress=context.log.info)
     written = written_day(summary.output_root, day)
     statuses = sorted({r.status for r in summary.results})
+    recomputed = planned.state == "run" and "written" in statuses
     context.add_output_metadata({
         "rows": written.rows,
         "output_path": dg.MetadataValue.path(str(written.path)),
         "status": ", ".join(statuses),
+        "recomputed": recomputed,
+        "reason": planned.reason,
         "seconds": round(summary.seconds, 2),
     })
-    return {"day": day.isoformat(), "rows": written.rows, "output_path": str(written.path)}
+    return {"day": day.isoformat(), "rows": written.rows, "output_path": str(written.path),
+            "recomputed": recomputed, "reason": planned.reason}
 
 
 @dg.op(out=dg.Out(dg.Nothing))
 def enrich_stage(context: dg.OpExecutionContext, cfg: DaedalusConfig, pipeline: OperatorPipeline,
-                 skeleton: dict) -> None:
-    """Pythonic operators (Ray + Lance) for the day; stats come from parquet footers only."""
+                 skeleton: dict):
+    """Pythonic operators (Ray + Lance) for the day; stats come from parquet footers only.
+
+    The partition's metadata says whether each stage recomputed the day or found it up to
+    date, and why; the day's manifest fingerprint is the asset's data version.
+    """
     config, day = cfg.load_config(), _day(context)
-    summary = run_pipeline(pipeline.service, config=config, registry=cfg.load_registry(),
+    registry = cfg.load_registry()
+    planned = plan_pipeline(pipeline.service, config=config, registry=registry, pipeline=pipeline,
+                            target_date=day, enrich_only=True)
+    summary = run_pipeline(pipeline.service, config=config, registry=registry,
                            pipeline=pipeline, target_date=day, enrich_only=True,
                            envelope=cfg.envelope(config).clamped_to_machine(),
                            progress=context.log.info)
-    written = written_day(_output_root(pipeline, config), day)
+    root = _output_root(pipeline, config)
+    written = written_day(root, day)
     embedding_columns = [e.name for op in pipeline.of_kind("RayUdfTransform")
                          for e in op.enrichments if e.name in written.columns]
     statuses = sorted({r.status for r in summary.results if r.stage == "enrich"})
-    context.add_output_metadata({
+    enrich_recomputed = bool(planned) and planned[0].state == "run" and "written" in statuses
+    recomputed = skeleton["recomputed"] or enrich_recomputed
+    reason = skeleton["reason"] if skeleton["recomputed"] else (
+        planned[0].reason if planned else "no enrichment")
+    manifest = read_manifest(day_path(root, day)) or {}
+    fingerprint = manifest.get("fingerprint", {})
+    metadata = {
         "rows": written.rows,
         "columns": list(written.columns),
         "embedding_columns": embedding_columns,
@@ -111,8 +137,21 @@ def enrich_stage(context: dg.OpExecutionContext, cfg: DaedalusConfig, pipeline: 
         "partition": context.partition_key,
         "skeleton_rows": skeleton["rows"],
         "status": ", ".join(statuses) or "no enrichment",
+        "recomputed": recomputed,
+        "reason": reason if recomputed else "up to date",
+        "skeleton_recomputed": skeleton["recomputed"],
+        "skeleton_reason": skeleton["reason"],
+        "enrich_recomputed": enrich_recomputed,
+        "enrich_reason": planned[0].reason if planned else "no enrichment",
+        "manifest_written_at": manifest.get("written_at", ""),
+        "manifest_code_version": fingerprint.get("code_version", ""),
+        "manifest_config_hash": fingerprint.get("config", ""),
+        "manifest_operators": dg.MetadataValue.json(fingerprint.get("operators", {})),
+        "manifest_timings": dg.MetadataValue.json(manifest.get("timings", {})),
         "dagster/row_count": written.rows,
-    })
+    }
+    version = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+    return dg.Output(None, metadata=metadata, data_version=dg.DataVersion(version))
 
 
 def training_asset(service: str, config: Config, registry: Registry) -> dg.AssetsDefinition:
@@ -130,6 +169,7 @@ def training_asset(service: str, config: Config, registry: Registry) -> dg.Asset
         group_name="training",
         partitions_def=daily_partitions,
         kinds={"parquet", "duckdb", "ray"},
+        code_version=__version__,
         tags={SERVICE_TAG: service},
         ins={v: dg.AssetIn(key=view_key(v), dagster_type=dg.Nothing) for v in views},
     )
