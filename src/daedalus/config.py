@@ -85,7 +85,7 @@ class DuckDBSettings(_Frozen):
 
 
 class ComputeSettings(_Frozen):
-    engine: Literal["duckdb"] = "duckdb"
+    engine: Literal["duckdb", "polars"] = "duckdb"
     duckdb_config: DuckDBSettings = DuckDBSettings()
 
 

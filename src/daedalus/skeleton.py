@@ -462,6 +462,8 @@ class _DayRun:
         return rows
 
     def _materialize(self, op) -> int:
+        if isinstance(op, RollingAggregate) and self.config.runtime.compute.engine == "polars":
+            return self._rolling_polars(op)
         started = time.perf_counter()
         sql = self.plan.statement(op, self.materialized)
         target = self.work / f"{op.name}.parquet"
@@ -498,6 +500,32 @@ class _DayRun:
                         " (fix: rewrite or remove the file)"
                     )
         return None
+
+    def _rolling_polars(self, op: RollingAggregate) -> int:
+        """`compute.engine: polars`: the same scanned inputs, aggregated by Polars."""
+        from daedalus.rolling_polars import rolling_aggregate
+
+        started = time.perf_counter()
+        spine, view = op.inputs
+        spine_ts = spine_scan(self.plan.pipeline, spine).timestamp_field
+        tables = []
+        for name in (spine, view):
+            sql = (f"SELECT * FROM {ident(name)}" if name in self.materialized
+                   else self.plan.statement(self.plan.pipeline.op(name), self.materialized))
+            try:
+                tables.append(self.con.sql(sql, params=self._params(sql)).to_arrow_table())
+            except duckdb.Error as exc:
+                raise DaedalusError(
+                    f"{self.plan.pipeline.service} DAG: operators.{name}: DuckDB failed on"
+                    f" {self.day}: {str(exc).splitlines()[0]} (fix: check the operator's"
+                    " parameters and the source files)"
+                ) from None
+        result = rolling_aggregate(op, tables[0], tables[1], spine_ts)
+        target = self.work / f"{op.name}.parquet"
+        pq.write_table(result, target, compression="none")
+        self._view(op.name, target)
+        self.timings[op.name] = time.perf_counter() - started
+        return result.num_rows
 
     def _view(self, name: str, target: Path) -> None:
         self.con.execute(
