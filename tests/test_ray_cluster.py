@@ -1,0 +1,153 @@
+"""Beyond one machine: the enrich stage on a two-node Ray cluster, through `--ray-address`.
+
+A head node (1 CPU) and a second node that joins it (2 CPUs), each with its own raylet,
+object store and worker processes, run on 127.0.0.1 (`ray.cluster_utils.Cluster`, with Ray's
+loopback-only switch on, so nothing listens beyond this machine). They are children of this
+process, removed node by node afterwards, and the test fails if any of them outlives it. Two
+actors cannot both fit on the 1-CPU head, so the joined node does enrich work;
+the output must equal a run of the same day on this process's own local Ray, byte for byte.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from test_enrich import (  # noqa: F401
+    DAY,
+    TEST_ENVELOPE,
+    assert_matches_reference,
+    planted,
+    read_day,
+)
+
+from daedalus import enrich
+from daedalus.cli import main
+
+pytestmark = pytest.mark.slow
+
+# Known failure, kept strict so it flips loudly once fixed: on a two-node cluster (Ray 2.60,
+# both nodes on 127.0.0.1, in or out of the test process, 150 MiB or 1 GiB object stores,
+# 1 or 2 actors, preloaded or not) Ray Data cancels the EnrichBatches actors before they
+# start ("all references to the actor were removed ... cancelled before it started running")
+# and fails the day on the first such "init death". The same stage on a single `ray start
+# --head` node passes (test_enrich_ray_head.py). See docs/scaling.md, "Multi-node status".
+MULTI_NODE_XFAIL = pytest.mark.xfail(
+    strict=True, reason="Ray Data 2.60 cancels enrich actors on a two-node cluster")
+
+def _leftovers(marker: str) -> list[str]:
+    """Command lines of live processes that mention `marker` (the cluster's temp dir)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker in text and state != "Z":
+            found.append(text[:160])
+    return found
+
+
+# The cluster lives in its own process (a driver in the same process as the nodes' Python
+# state does not get its actors scheduled on them): it prints the address, then holds the
+# nodes until its stdin closes, and removes them.
+_CLUSTER = """
+import sys
+from daedalus import enrich
+enrich._loopback_only(True)
+from ray.cluster_utils import Cluster
+cluster = Cluster(initialize_head=True, shutdown_at_exit=False, head_node_args={
+    "num_cpus": 2, "node_ip_address": "127.0.0.1", "include_dashboard": False,
+    "temp_dir": sys.argv[1], "object_store_memory": 2**30})
+cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1", object_store_memory=2**30)
+cluster.wait_for_nodes()
+print(cluster.address, flush=True)
+sys.stdin.read()
+cluster.shutdown()
+"""
+
+
+@pytest.fixture
+def two_nodes():
+    """The address of a head (2 CPUs) plus one joined node (2 CPUs), both on 127.0.0.1."""
+    enrich.shutdown_ray()
+    temp = tempfile.mkdtemp(prefix="rc", dir="/tmp")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    holder = subprocess.Popen([sys.executable, "-c", _CLUSTER, temp], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=env,
+                              start_new_session=True)
+    try:
+        address = holder.stdout.readline().strip()
+        assert address.startswith("127.0.0.1:"), address
+        yield address
+    finally:
+        enrich.shutdown_ray()
+        holder.stdin.close()
+        try:
+            holder.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            holder.kill()
+            holder.wait()
+        deadline = time.monotonic() + 15
+        while _leftovers(temp) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = _leftovers(temp)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(holder.pid, signal.SIGKILL)  # the holder's own group, nothing else
+        assert not left, left
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _day(folder: Path) -> pa.Table:
+    table = read_day(folder)
+    return table.replace_schema_metadata(None)
+
+
+@MULTI_NODE_XFAIL
+def test_enrich_on_a_two_node_cluster_equals_a_local_run(two_nodes, planted, project,  # noqa: F811
+                                                          capsys) -> None:
+    import ray
+
+    config, pipeline, store, days, tmp = planted
+    deadline = time.monotonic() + 30
+    code = main(["pipeline", "train", "dssm_ranking", "--enrich-only", "--target-date",
+                 DAY.isoformat(), "--ray-address", two_nodes, "--num-workers", "2", "--json",
+                 *project.cli_flags()])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert [(r["stage"], r["status"]) for r in summary["results"]] == [("enrich", "written")]
+    nodes = {n["NodeID"]: n for n in ray.nodes() if n["Alive"]}
+    while len(nodes) < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        nodes = {n["NodeID"]: n for n in ray.nodes() if n["Alive"]}
+    assert len(nodes) == 2 and ray.cluster_resources()["CPU"] == 4
+    head = ray.get_runtime_context().get_node_id()
+
+    placed = set()
+    folder = tmp / "out_enriched" / f"dt={DAY:%Y-%m-%d}"
+    for path in folder.glob("*.parquet"):
+        meta = json.loads(pq.read_schema(path).metadata[enrich.PROVENANCE_KEY])
+        assert meta["node_id"] in nodes and meta["pid"] != os.getpid()
+        placed.add(meta["node_id"])
+    assert placed - {head}, "no enrich batch ran on the joined node"
+
+    enrich.shutdown_ray()
+    local = enrich.run_enrich_stage(pipeline, config, [DAY], tmp / "out", tmp / "local_enriched",
+                                    envelope=TEST_ENVELOPE, progress=lambda _: None)
+    assert [r.status for r in local] == ["written"]
+    remote = _day(folder)
+    assert remote.equals(_day(tmp / "local_enriched" / f"dt={DAY:%Y-%m-%d}"))
+    assert_matches_reference(remote, days[DAY], store)
