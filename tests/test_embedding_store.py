@@ -83,6 +83,9 @@ def test_reader_takes_vectors_by_id(project, sources) -> None:
     assert table.matrix.shape == (4, DIM) and not table.matrix[-1].any()
     for row, i in enumerate(table.ids):
         assert np.array_equal(table.matrix[row].view(np.uint16), sources[int(i)].view(np.uint16))
+    one = reader.table(np.array([5]))     # a small share of the store: taken, not scanned
+    assert one.ids.tolist() == [5]
+    assert np.array_equal(one.matrix[0].view(np.uint16), sources[5].view(np.uint16))
 
 
 def test_build_is_idempotent_force_rebuilds_and_staleness_is_reported(project, sources) -> None:

@@ -6,7 +6,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from daedalus.avg_pool import EmbeddingTable, fp16_list_array, like_windows, lookup, window_means
+from daedalus.avg_pool import (
+    EmbeddingTable,
+    fp16_list_array,
+    like_windows,
+    lookup,
+    unique_ids,
+    window_means,
+)
 
 DIM = 8
 
@@ -147,3 +154,9 @@ def test_lookup_and_fp16_list_array_round_trip() -> None:
                                   store[int(i)].view(np.uint16))
         else:
             assert value is None
+
+
+@pytest.mark.parametrize("ids", [[], [5, 3, 5, 0], [2**40, 7, 7], [-3, 4, -3], list(range(1000, 0, -3))])
+def test_unique_ids_is_sorted_unique(ids) -> None:
+    arr = np.array(ids, dtype=np.int64)
+    assert unique_ids(arr).tolist() == np.unique(arr).tolist()

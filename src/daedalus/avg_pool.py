@@ -60,6 +60,19 @@ class EmbeddingTable:
         return np.where(self.ids[pos] == ids, pos, self.ids.size)
 
 
+def unique_ids(ids: np.ndarray) -> np.ndarray:
+    """Sorted unique ids. Dense non-negative ids (the usual case) use a presence bitmap,
+    O(n) instead of a sort."""
+    if ids.size == 0:
+        return ids.astype(np.int64)
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo >= 0 and hi <= 8 * ids.size + (1 << 20):
+        seen = np.zeros(hi + 1, dtype=bool)
+        seen[ids] = True
+        return np.flatnonzero(seen).astype(np.int64)
+    return np.unique(ids)
+
+
 def _ranges(starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Flattened [start, start + length) ranges: (positions, range index of each)."""
     lengths = lengths.astype(np.int64, copy=False)

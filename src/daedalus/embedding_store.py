@@ -44,6 +44,7 @@ from daedalus.scratch import scratch_dir
 Progress = Callable[[str], None]
 METADATA_KEY = b"daedalus.store"
 TAKE_CHUNK = 65_536
+SCAN_FRACTION = 0.25  # above this share of the store, scan it instead of taking rows
 
 # Filesystems without a local atomic rename (Lance commits by renaming a manifest).
 NETWORK_FILESYSTEMS = frozenset({
@@ -450,13 +451,33 @@ class StoreReader:
         found, rows = found[sort], rows[sort]
         matrix = np.zeros((found.size + 1, self.dim), dtype=np.float16)
         by_row = np.argsort(rows, kind="stable")
+        if rows.size > SCAN_FRACTION * self.sorted_ids.size:
+            self._scan_into(matrix, rows, by_row)
+            return EmbeddingTable(ids=found, matrix=matrix)
         for lo in range(0, rows.size, TAKE_CHUNK):
             dest = by_row[lo:lo + TAKE_CHUNK]
             part = self.dataset.take(rows[dest], columns=[self.embedding_column])
-            column = part.column(0).combine_chunks()
-            flat = column.values.to_numpy(zero_copy_only=False)
-            matrix[dest] = flat.reshape(dest.size, self.dim)
+            matrix[dest] = self._vectors(part.column(0))
         return EmbeddingTable(ids=found, matrix=matrix)
+
+    def _scan_into(self, matrix: np.ndarray, rows: np.ndarray, by_row: np.ndarray) -> None:
+        """Most of the store is wanted: one sequential scan beats random takes."""
+        wanted = rows[by_row]
+        start = 0
+        for batch in self.dataset.to_batches(columns=[self.embedding_column],
+                                             batch_size=TAKE_CHUNK):
+            end = start + batch.num_rows
+            lo, hi = np.searchsorted(wanted, [start, end])
+            if hi > lo:
+                vectors = self._vectors(batch.column(0))
+                matrix[by_row[lo:hi]] = vectors[wanted[lo:hi] - start]
+            start = end
+
+    def _vectors(self, column) -> np.ndarray:
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        flat = column.values.slice(column.offset * self.dim, len(column) * self.dim)
+        return flat.to_numpy(zero_copy_only=False).reshape(len(column), self.dim)
 
 
 @functools.lru_cache(maxsize=4)

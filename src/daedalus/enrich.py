@@ -39,7 +39,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from daedalus.avg_pool import EmbeddingTable, fp16_list_array, like_windows, lookup, window_means
+from daedalus.avg_pool import (
+    EmbeddingTable,
+    fp16_list_array,
+    like_windows,
+    lookup,
+    unique_ids,
+    window_means,
+)
 from daedalus.config import Config
 from daedalus.days import day_lock, day_path, ensure_writable, staged_day, sweep_staging
 from daedalus.embedding_store import StoreReader, ensure_store, store_version
@@ -59,6 +66,10 @@ Progress = Callable[[str], None]
 PROVENANCE_KEY = b"daedalus.enrich"
 EMBEDDING_TYPE = pa.list_(pa.float16())
 _MISSING_ID = np.iinfo(np.int64).min
+# Read and write tasks ask for half a CPU, so two run on each CPU the actors leave: writing
+# two float16 list columns costs more than computing them, and a half-idle actor's core is
+# then filled by a second writer instead of staying idle.
+IO_TASK_CPUS = 0.5
 
 
 # -- the plan -----------------------------------------------------------------------------------
@@ -134,12 +145,13 @@ def _lists(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 
 def needed_ids(batch: pa.Table, enrichments: Iterable[Enrichment]) -> np.ndarray:
-    """Every id the enrichments of one store will look up in this batch, unique."""
-    parts = []
+    """Every id the enrichments of one store will look up in this batch, unique, sorted."""
+    parts = [np.empty(0, np.int64)]
     for e in enrichments:
         column = batch.column(e.input_column)
-        parts.append(_lists(column)[1] if e.kind == "avg_pool" else _ids(column))
-    return np.unique(np.concatenate(parts)) if parts else np.empty(0, np.int64)
+        ids = _lists(column)[1] if e.kind == "avg_pool" else _ids(column)
+        parts.append(ids[ids != _MISSING_ID])
+    return unique_ids(np.concatenate(parts))
 
 
 def enrich_table(batch: pa.Table, enrichments: Iterable[Enrichment],
@@ -426,13 +438,20 @@ def _day_tables(files: list[Path], plan: EnrichPlan, stores: dict[str, dict]) ->
     for store in plan.stores:
         mine = [e for e in plan.enrichments if e.store == store]
         columns = sorted({e.input_column for e in mine})
-        parts = []
+        parts = [np.empty(0, np.int64)]
         for path in files:
             for batch in pq.ParquetFile(path).iter_batches(batch_size=262_144, columns=columns):
                 parts.append(needed_ids(pa.Table.from_batches([batch]), mine))
-        ids = np.unique(np.concatenate(parts)) if parts else np.empty(0, np.int64)
+        ids = unique_ids(np.concatenate(parts))
         tables[store] = StoreReader(**stores[store]).table(ids)
     return tables
+
+
+def actor_cpus(envelope: RayEnvelope) -> float:
+    """CPUs each actor asks for: one, unless the pool would leave no room for one read/write
+    task (a pool holding every CPU deadlocks the stream); then an equal share of the rest."""
+    pool = envelope.actor_pool_size()
+    return max(0.1, min(1.0, (envelope.num_cpus - IO_TASK_CPUS) / pool))
 
 
 def _filename_provider():
@@ -557,7 +576,7 @@ def _enrich_day(plan: EnrichPlan, config: Config, day: dt.date, files: list[Path
     pool = envelope.actor_pool_size()
     with staged_day(enriched_root, day) as staging:
         ds = ray.data.read_parquet([str(f) for f in files], columns=read_columns,
-                                   partitioning=None)
+                                   partitioning=None, num_cpus=IO_TASK_CPUS)
         with warnings.catch_warnings():
             # max_restarts only passes through the deprecated **ray_remote_args. No restarts:
             # a restarted actor could not get its preloaded arguments back (ray#53727), and a
@@ -566,12 +585,13 @@ def _enrich_day(plan: EnrichPlan, config: Config, day: dt.date, files: list[Path
             ds = ds.map_batches(EnrichBatches, batch_format="pyarrow",
                                 batch_size=config.runtime.enrich_batch_rows,
                                 compute=ActorPoolStrategy(size=pool),
-                                fn_constructor_kwargs={"spec": spec}, num_cpus=1,
+                                fn_constructor_kwargs={"spec": spec},
+                                num_cpus=actor_cpus(envelope),
                                 udf_modifying_row_count=False, max_restarts=0)
         ds.write_parquet(str(staging), filename_provider=_filename_provider(),
                          mode=SaveMode.OVERWRITE,
                          compression=plan.sink.compression, use_dictionary=plain,
-                         write_statistics=plain)
+                         write_statistics=plain, ray_remote_args={"num_cpus": IO_TASK_CPUS})
         timings["ray"] = time.perf_counter() - started - timings.get("preload", 0.0)
         parts = sorted((p.name for p in staging.glob("*.parquet")), key=lambda n: _natural(Path(n)))
         written = sum(pq.ParquetFile(staging / p).metadata.num_rows for p in parts)
