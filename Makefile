@@ -16,7 +16,7 @@ install: .venv/.synced
 
 demo: install
 	.venv/bin/daeda demo-data --root $(DEMO_ROOT)
-	.venv/bin/daeda pipeline compile dssm_ranking
+	.venv/bin/daeda pipeline compile dssm_ranking > /dev/null
 	.venv/bin/daeda pipeline train dssm_ranking --ray-num-cpus 2
 	@echo
 	@echo "Skeleton output:  $$(pwd)/data/training_output/"
