@@ -1,0 +1,261 @@
+"""`make bench`: the `bench` preset's 1M-impression day end to end, one table with its floors.
+
+Runs, each a fresh `daeda` child process over an empty output root:
+  skeleton (duckdb engine), skeleton (polars engine), train (skeleton then enrich, one process,
+  Ray started inside it; the enrich row is that run's enrich stage).
+Floors, measured in this same run on the same data:
+  duckdb-read   DuckDB reading every column of the day's source files (the scans' lookbacks);
+  fp16-write    writing the day's two float16 list columns to parquet (zstd, no dictionary,
+                no statistics: the enrich writer's settings);
+  numpy-gather  gathering the day's image embeddings (rows x 1152 fp16) from an in-memory
+                matrix by row index.
+Peak RSS is the whole process tree's (driver, Ray's raylet/GCS/workers), sampled every 0.2 s.
+
+Usage: uv run python bench/run_all.py [--ray-num-cpus N] [--day-workers N] [--json PATH]
+Sources are generated once under data/bench/sources (`daeda demo-data --preset bench`); the
+Lance store is built once under data/bench/store before timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+BENCH = REPO / "data/bench"
+SOURCES = BENCH / "sources"
+STORE = BENCH / "store"
+DAY = "2026-02-01"
+DAEDA = [sys.executable, "-m", "daedalus.cli"]
+GIB = 2**30
+
+
+def env() -> dict:
+    return {**os.environ, "DAEDALUS_SOURCES_ROOT": str(SOURCES), "DAEDALUS_STORE_ROOT": str(STORE),
+            "PYTHONUNBUFFERED": "1"}
+
+
+class TreePeak:
+    """Peak summed RSS of a process and all its descendants, polled from /proc."""
+
+    def __init__(self, pid: int):
+        self.pid, self.peak, self._stop = pid, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _tree(self) -> set[int]:
+        parents: dict[int, int] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(stat.parent.name)] = int(fields[1])
+        tree, frontier = {self.pid}, [self.pid]
+        while frontier:
+            p = frontier.pop()
+            kids = [c for c, pp in parents.items() if pp == p and c not in tree]
+            tree.update(kids)
+            frontier += kids
+        return tree
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            total = 0
+            for pid in self._tree():
+                try:
+                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                        if line.startswith("VmRSS:"):
+                            total += int(line.split()[1]) * 1024
+                except OSError:
+                    pass
+            self.peak = max(self.peak, total)
+            self._stop.wait(0.2)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def daeda(args: list[str], flags: list[str]) -> tuple[dict, float, int]:
+    """Run `daeda ... --json`; returns (summary, wall seconds, peak tree RSS bytes)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen([*DAEDA, *args, *flags, "--json"], cwd=REPO, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = TreePeak(proc.pid)
+    out, err = proc.communicate()
+    wall = time.perf_counter() - started
+    rss = peak.stop()
+    if proc.returncode != 0:
+        raise SystemExit(f"daeda {' '.join(args)} failed:\n{err[-3000:]}")
+    return json.loads(out), wall, rss
+
+
+def prepare(log) -> None:
+    if not (SOURCES / "_demo_data.json").exists():
+        log(f"generating the bench preset under {SOURCES} (once) ...")
+        subprocess.run([*DAEDA, "demo-data", "--preset", "bench", "--root", str(SOURCES)],
+                       cwd=REPO, env=env(), check=True, stdout=subprocess.DEVNULL)
+    log("building the Lance store (once) ...")
+    subprocess.run([*DAEDA, "store", "build"], cwd=REPO, env=env(), check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def floor_duckdb_read(config, pipeline) -> float:
+    import datetime as dt
+
+    import duckdb
+
+    from daedalus.manifest import scan_days
+
+    day = dt.date.fromisoformat(DAY)
+    con = duckdb.connect(config={"threads": config.runtime.compute.duckdb_config.threads})
+    started = time.perf_counter()
+    for scan in pipeline.of_kind("Scan"):
+        root = Path(config.base.sources_root) / scan.source
+        files = [str(f) for d in scan_days(day, scan.lookback)
+                 for f in sorted((root / f"dt={d:%Y-%m-%d}").glob("*.parquet"))]
+        if files:
+            cols = ", ".join(f'"{c}"' for c in scan.columns)
+            con.sql(f"SELECT {cols} FROM read_parquet($f)", params={"f": files}).to_arrow_table()
+    return time.perf_counter() - started
+
+
+def floor_fp16_write(enriched: Path, batch_rows: int, work: Path) -> float:
+    import pyarrow.parquet as pq
+
+    cols = ["image_embedding", "like_artwork_avg_embeds"]
+    files = sorted(enriched.glob("*.parquet"))
+    table = pq.read_table(files, columns=cols) if len(files) > 1 else pq.read_table(files[0],
+                                                                                     columns=cols)
+    table = table.combine_chunks()
+    started = time.perf_counter()
+    with pq.ParquetWriter(work / "floor.parquet", table.schema, compression="zstd",
+                          use_dictionary=False, write_statistics=False) as writer:
+        for batch in table.to_batches(max_chunksize=batch_rows):
+            writer.write_batch(batch)
+    return time.perf_counter() - started
+
+
+def floor_numpy_gather(skeleton: Path, store_path: Path, dim: int) -> float:
+    import lance
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    ids = pq.read_table(sorted(skeleton.glob("*.parquet")), columns=["artwork_id"])
+    ids = ids.column(0).fill_null(-1).to_numpy()
+    rng = np.random.default_rng(0)
+    rows = lance.dataset(str(store_path)).count_rows()
+    matrix = rng.standard_normal((rows, dim), dtype=np.float32).astype(np.float16)
+    index = (ids % rows).astype(np.int64)
+    started = time.perf_counter()
+    gathered = matrix[index]
+    seconds = time.perf_counter() - started
+    assert gathered.shape == (len(ids), dim)
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ray-num-cpus", type=int, default=None)
+    parser.add_argument("--day-workers", type=int, default=None)
+    parser.add_argument("--json", default=str(BENCH / "run_all_results.json"))
+    args = parser.parse_args()
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    prepare(log)
+    os.environ.update({k: v for k, v in env().items() if k.startswith("DAEDALUS")})
+    from daedalus.compiler import compile_service
+    from daedalus.config import load_config
+    from daedalus.registry import load_registry
+
+    os.chdir(REPO)
+    config = load_config()
+    pipeline = compile_service(load_registry(), "dssm_ranking", config)
+    work = Path(tempfile.mkdtemp(prefix="bench-", dir=BENCH))
+    polars_runtime = work / "runtime-polars.yaml"
+    runtime = REPO / "config/training/runtime.yaml"
+    polars_runtime.write_text(runtime.read_text().replace("engine: duckdb", "engine: polars"))
+    common = ["--target-date", DAY, "--pipelines-dir", str(work / "pipelines")]
+    if args.day_workers:
+        common += ["--day-workers", str(args.day_workers)]
+    ray = ["--ray-num-cpus", str(args.ray_num_cpus)] if args.ray_num_cpus else []
+    rows: list[dict] = []
+    try:
+        for engine, runtime_path in (("duckdb", runtime), ("polars", polars_runtime)):
+            log(f"skeleton ({engine}) ...")
+            out = work / f"skel-{engine}"
+            summary, wall, rss = daeda(
+                ["pipeline", "train", "dssm_ranking", "--skeleton-only", "--output-root",
+                 str(out), "--runtime-config-path", str(runtime_path)], common)
+            result = summary["results"][0]
+            rows.append({"stage": f"skeleton ({engine})", "rows": result["rows"], "wall_s": wall,
+                         "stage_s": result["seconds"], "peak_rss_gib": rss / GIB})
+        log("train (skeleton + enrich) ...")
+        out = work / "train"
+        summary, wall, rss = daeda(["pipeline", "train", "dssm_ranking", "--output-root",
+                                    str(out)], [*common, *ray])
+        by_stage = {r["stage"]: r for r in summary["results"]}
+        enrich = by_stage["enrich"]
+        rows.append({"stage": "enrich (in train)", "rows": enrich["rows"], "wall_s": None,
+                     "stage_s": enrich["seconds"], "peak_rss_gib": None})
+        rows.append({"stage": "train (skeleton+enrich)", "rows": enrich["rows"], "wall_s": wall,
+                     "stage_s": by_stage["skeleton"]["seconds"] + enrich["seconds"],
+                     "peak_rss_gib": rss / GIB})
+
+        log("floors ...")
+        skeleton_day = out / f"dt={DAY}"
+        enriched_day = Path(summary["enriched_root"]) / f"dt={DAY}"
+        n = enrich["rows"]
+        floors = {
+            "duckdb-read": floor_duckdb_read(config, pipeline),
+            "fp16-write": floor_fp16_write(enriched_day, config.runtime.enrich_batch_rows, work),
+            "numpy-gather": floor_numpy_gather(
+                skeleton_day, config.store_path(config.aggregations.store("artwork_embeddings")),
+                config.base.embedding_dim),
+        }
+        for name, seconds in floors.items():
+            rows.append({"stage": f"floor: {name}", "rows": n, "wall_s": None, "stage_s": seconds,
+                         "peak_rss_gib": None})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    stage = {r["stage"]: r["stage_s"] for r in rows}
+    ratios = {
+        "skeleton (duckdb) / duckdb-read": stage["skeleton (duckdb)"] / floors["duckdb-read"],
+        "enrich / fp16-write": stage["enrich (in train)"] / floors["fp16-write"],
+        "train / sum of floors": stage["train (skeleton+enrich)"] / sum(floors.values()),
+    }
+    meta = {"cpus": os.cpu_count(), "load_1m": os.getloadavg()[0],
+            "ray_num_cpus": args.ray_num_cpus, "day_workers": args.day_workers}
+    Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows, "ratios": ratios},
+                                          indent=2))
+    print(f"bench day {DAY}: {os.cpu_count()} CPUs, load {meta['load_1m']:.1f},"
+          f" ray_num_cpus={args.ray_num_cpus}, day_workers={args.day_workers}")
+    print("| stage | rows | process wall s | stage s | rows/s (stage) | peak RSS GiB (tree) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        wall = f"{r['wall_s']:.2f}" if r["wall_s"] is not None else "-"
+        rss = f"{r['peak_rss_gib']:.2f}" if r["peak_rss_gib"] is not None else "-"
+        print(f"| {r['stage']} | {r['rows']:,} | {wall} | {r['stage_s']:.2f} |"
+              f" {r['rows'] / r['stage_s']:,.0f} | {rss} |")
+    print()
+    for name, value in ratios.items():
+        print(f"- {name}: {value:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
