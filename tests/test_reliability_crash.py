@@ -1,0 +1,234 @@
+"""Crash safety: a run SIGKILLed at a named point, then rerun, ends exactly where a clean run
+does; in between, readers only ever see complete days and no half-built store, and the rerun
+removes what the killed run left (staging and scratch folders, temp files).
+
+The CLI runs as a child process in its own session; `DAEDALUS_TEST_CRASH_AT` (see
+`daedalus.faults`) makes it SIGKILL itself at the point, `DAEDALUS_TEST_PAUSE_AT` stop itself
+there so the test can look around (and try a second run) before killing it. Every child's
+session is killed at the end, Ray's processes included.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+
+import pytest
+from reliability import (
+    D1,
+    D2,
+    Child,
+    Workspace,
+    assert_only_complete_days,
+    day_values,
+    demo_sources,
+    leftovers,
+    parquet_files,
+    run,
+    session_pids,
+    stop_session,
+    store_rows,
+    summary,
+    workspace,
+)
+
+from daedalus.cli import main
+
+KILLED = -9
+SECRET = "s3cr3t-7f1d9c2b"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    return demo_sources(tmp_path_factory.mktemp("demo") / "sources")
+
+
+@pytest.fixture(scope="module")
+def clean_skeleton(tmp_path_factory, demo) -> Workspace:
+    """A clean, uninterrupted skeleton run and store build: what every rerun must equal."""
+    ws = workspace(tmp_path_factory.mktemp("clean"), demo)
+    ws.edit("config/training/aggregations.yaml", "build_batch_size: 50000", "build_batch_size: 100")
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("DAEDALUS_SOURCES_ROOT", "DAEDALUS_STORE_ROOT"):
+            mp.delenv(name, raising=False)
+        assert main(ws.train("--skeleton-only")) == 0
+        assert main(["store", "build", *ws.flags()]) == 0
+    return ws
+
+
+def fresh(tmp_path: Path, demo: Path) -> Workspace:
+    ws = workspace(tmp_path / "ws", demo)
+    ws.edit("config/training/aggregations.yaml", "build_batch_size: 50000", "build_batch_size: 100")
+    return ws
+
+
+# -- the skeleton stage -------------------------------------------------------------------------
+
+
+def test_skeleton_killed_at_each_point_in_turn_then_rerun_equals_a_clean_run_byte_for_byte(
+        tmp_path, demo, clean_skeleton) -> None:
+    """Four kills in a row on one output root, each leaving its debris for the next run, then a
+    plain rerun: the same bytes as the clean run (days, qid map), nothing temporary left."""
+    ws = fresh(tmp_path, demo)
+    logs = tmp_path / "logs"
+
+    def kill_at(point: str, *flags: str) -> set:
+        child = run(ws.train("--skeleton-only", *flags), logs, DAEDALUS_TEST_CRASH_AT=point)
+        assert child.proc.returncode == KILLED, child.stderr
+        return assert_only_complete_days(ws.out)
+
+    # day 1's new sessions are in the temp map, not yet in qid_map.parquet: nothing visible
+    assert kill_at("qid.before_replace@1", "--day-workers", "2") == set()
+    assert list(ws.out.glob(".qid_map.parquet.*.tmp")) and not (ws.out / "qid_map.parquet").exists()
+    # day 1 published; day 2 fully written in staging, its sessions already in the map
+    assert kill_at("skeleton.before_publish@2") == {D1}
+    assert list(ws.out.glob(".staging-dt=2026-02-02-*")) and list(ws.scratch.iterdir())
+    # between days: day 2 published (day 1 is up to date and skipped)
+    assert kill_at("days.after_publish@1", "--day-workers", "2") == {D1, D2}
+    # a forced rewrite of day 1 killed right after the folders were exchanged: the day is the
+    # new one, the old one waits in a staging folder
+    assert kill_at("days.after_exchange@1", "--force", "--target-date", str(D1)) == {D1, D2}
+    assert list(ws.out.glob(".staging-dt=2026-02-01-*"))
+
+    rerun = run(ws.train("--skeleton-only", "--json"), logs)
+    assert rerun.proc.returncode == 0, rerun.stderr
+    assert [r["status"] for r in summary(rerun)["results"]] == ["skipped", "skipped"]
+    assert parquet_files(ws.out) == parquet_files(clean_skeleton.out)
+    assert leftovers(ws) == []
+
+
+# -- the store build ----------------------------------------------------------------------------
+
+
+def test_store_build_killed_twice_leaves_no_store_and_the_rebuild_is_clean(
+        tmp_path, demo, clean_skeleton) -> None:
+    ws = fresh(tmp_path, demo)
+    logs = tmp_path / "logs"
+    for point in ("store.after_first_batch@2", "store.before_publish"):
+        killed = run(["store", "build", *ws.flags()], logs, DAEDALUS_TEST_CRASH_AT=point)
+        assert killed.proc.returncode == KILLED, killed.stderr
+        assert not ws.store.exists()
+        assert [p for p in ws.store.parent.iterdir() if ".building-" in p.name]
+        assert list(ws.scratch.iterdir())
+
+    rebuilt = run(["store", "build", *ws.flags()], logs)
+    assert rebuilt.proc.returncode == 0, rebuilt.stderr
+    assert store_rows(ws.store).equals(store_rows(clean_skeleton.store))
+    assert leftovers(ws) == []
+
+
+# -- the enrich stage (Ray) ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_enrich_killed_between_days_resumes_to_the_clean_full_train(tmp_path, demo) -> None:
+    """One scenario, three Ray starts (each costs seconds), many checks.
+
+    Reference: a clean full train, --ray-num-cpus 2, --day-workers 1. Then, elsewhere:
+    --skeleton-only --day-workers 2 (bytes equal the reference's); --enrich-only
+    --ray-num-cpus 1, stopped with day 1 published and day 2 written but not yet published.
+    While it is stopped: readers see day 1 only; a second enrich of day 2 is refused in one
+    line; every socket its Ray listens on is loopback. Then SIGKILL: no process of its session
+    survives. A plain rerun (--ray-num-cpus 1) skips what is done and writes day 2. The end
+    state equals the reference: skeleton and qid map byte for byte, enriched values (the
+    enriched files differ only in their provenance metadata: actor and pid), the store's rows;
+    nothing temporary is left, and a secret in the environment appears in no output or log.
+    """
+    logs = tmp_path / "logs"
+    env = {"AWS_SECRET_ACCESS_KEY": SECRET}
+    ref = workspace(tmp_path / "ref", demo)
+    clean = run(ref.train("--ray-num-cpus", "2", "--day-workers", "1", "--json"), logs, **env)
+    assert clean.proc.returncode == 0, clean.stderr
+    assert [(r["stage"], r["status"]) for r in summary(clean)["results"]] == [
+        ("skeleton", "written"), ("skeleton", "written"), ("enrich", "written"),
+        ("enrich", "written")]
+
+    ws = workspace(tmp_path / "ws", demo)
+    split = run(ws.train("--skeleton-only", "--day-workers", "2"), logs, **env)
+    assert split.proc.returncode == 0, split.stderr
+    assert parquet_files(ws.out) == parquet_files(ref.out)
+
+    paused = Child(ws.train("--enrich-only", "--ray-num-cpus", "1"), logs,
+                   DAEDALUS_TEST_PAUSE_AT="enrich.before_publish@2", **env)
+    try:
+        paused.wait_stopped(timeout=300)
+        assert assert_only_complete_days(ws.enriched) == {D1}
+        assert list(ws.enriched.glob(".staging-dt=2026-02-02-*"))
+
+        addresses = listening_addresses(session_pids(paused.pid))
+        assert addresses and all(loopback(a) for a in addresses), addresses
+
+        second = run(ws.train("--enrich-only", "--target-date", str(D2)), logs, **env)
+        assert second.proc.returncode == 2
+        errors = [line for line in second.stderr.splitlines() if not line.startswith("[")]
+        assert errors == [f"error: {ws.enriched / 'dt=2026-02-02'}: day {D2} is being written by"
+                          f" pid {paused.pid} (fix: wait for that run to finish, then rerun)"]
+        assert "ray:" not in second.stderr          # refused before starting a Ray of its own
+
+        ray_processes = session_pids(paused.pid) - {paused.pid}
+        assert ray_processes, "Ray runs in the driver's session"
+        assert paused.kill() == KILLED
+    finally:
+        stop_session(paused.pid)
+    assert not [pid for pid in ray_processes if os.path.exists(f"/proc/{pid}")
+                and _state(pid) != "Z"]
+    assert assert_only_complete_days(ws.enriched) == {D1}
+
+    resumed = run(ws.train("--ray-num-cpus", "1", "--json"), logs, **env)
+    assert resumed.proc.returncode == 0, resumed.stderr
+    assert [(r["stage"], r["day"], r["status"]) for r in summary(resumed)["results"]] == [
+        ("skeleton", str(D1), "skipped"), ("skeleton", str(D2), "skipped"),
+        ("enrich", str(D1), "skipped"), ("enrich", str(D2), "written")]
+
+    assert parquet_files(ws.out) == parquet_files(ref.out)
+    mine, theirs = day_values(ws.enriched), day_values(ref.enriched)
+    assert sorted(mine) == sorted(theirs) == [D1, D2]
+    for day in mine:
+        assert mine[day].equals(theirs[day]), day
+        assert mine[day]["image_embedding"].null_count < mine[day].num_rows
+    assert store_rows(ws.store).equals(store_rows(ref.store))
+    assert leftovers(ws) == [] and leftovers(ref) == []
+
+    for child in (clean, split, paused, second, resumed):
+        assert SECRET not in child.stdout + child.stderr
+    for root in (ws.root, ref.root):
+        for path in root.rglob("*"):
+            if path.is_file() and "project" not in path.parts:
+                assert SECRET.encode() not in path.read_bytes(), path
+
+
+def _state(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def loopback(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or bool(mapped and mapped.is_loopback)
+
+
+def listening_addresses(pids: set[int]) -> set:
+    """Local addresses of the TCP sockets these processes listen on (/proc/net/tcp{,6})."""
+    inodes = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").glob("*"):
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    found = set()
+    for table, width in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A" or fields[9] not in inodes:
+                continue
+            raw = bytes.fromhex(fields[1].split(":")[0])
+            # the kernel prints each 32-bit word in host (little-endian) order
+            packed = b"".join(raw[i:i + 4][::-1] for i in range(0, width, 4))
+            found.add(ipaddress.ip_address(packed))
+    return found
