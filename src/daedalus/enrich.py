@@ -244,8 +244,7 @@ def ray_runtime(envelope: RayEnvelope, progress: Progress = print) -> RayEnvelop
         if address:
             check_ray_address(address)
             progress(f"ray: connecting to the cluster at {redact_address(address)}")
-            if _is_loopback(address):
-                _use_local_token()
+            _match_cluster_auth(address)
             with _no_fork_warning():
                 ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR,
                          namespace="daedalus")
@@ -256,6 +255,7 @@ def ray_runtime(envelope: RayEnvelope, progress: Progress = print) -> RayEnvelop
             gib = 2**30
             worker_memory = max(local.memory_gb - local.object_store_gb
                                 - local.system_reserved_memory_gb, 1)
+            _set_auth_mode(_ORIGINAL_AUTH_ENV)
             with _no_fork_warning():
                 ray.init(address="local", num_cpus=local.num_cpus,
                          object_store_memory=int(local.object_store_gb * gib),
@@ -323,20 +323,51 @@ def _loopback_only(on: bool) -> None:
             _LOOPBACK_ENV, not ray_constants.IS_WINDOWS_OR_OSX)
 
 
-def _use_local_token() -> None:
-    """A cluster on this machine uses this user's Ray token (~/.ray/auth_token), if any.
+_AUTH_ENV = "RAY_AUTH_MODE"
+_ORIGINAL_AUTH_ENV = os.environ.get(_AUTH_ENV)
 
-    Ray sends its token to an explicitly given address only when RAY_AUTH_MODE says so; for
-    a loopback address that is this machine's own cluster, so do what `ray.init()` does for
-    a cluster it finds locally.
+
+def _match_cluster_auth(address: str) -> None:
+    """Use Ray token auth exactly when the cluster does (a RAY_AUTH_MODE set by the user wins).
+
+    A mismatch fails late and obscurely: a driver with a token whose cluster has none refuses
+    the cluster's calls to it, so the GCS takes the driver for dead and cancels every actor
+    it owns before it starts ("all references to the actor were removed"). Ray picks the
+    driver's mode from RAY_AUTH_MODE, which its own local `ray.init()` sets to token for the
+    whole process, so ask the cluster instead: its GCS refuses a tokenless call only when
+    tokens are on. A cluster that does not answer the probe is left to Ray's default.
     """
-    if "RAY_AUTH_MODE" in os.environ:
+    if _ORIGINAL_AUTH_ENV is not None:
         return
-    from ray._private.authentication.authentication_token_setup import (
-        maybe_enable_token_auth_if_token_available,
-    )
+    wants = _cluster_wants_token(address)
+    if wants is not None:
+        _set_auth_mode("token" if wants else "disabled")
 
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+def _cluster_wants_token(address: str, timeout: float = 5.0) -> bool | None:
+    if address in ("auto", "local") or "://" in address:
+        return None
+    import grpc
+
+    target = address.rsplit("@", 1)[-1].rstrip("/")
+    with grpc.insecure_channel(target) as channel:
+        try:
+            channel.unary_unary("/ray.rpc.NodeInfoGcsService/GetClusterId")(b"", timeout=timeout)
+        except grpc.RpcError as exc:
+            return True if exc.code() == grpc.StatusCode.UNAUTHENTICATED else None
+    return False
+
+
+def _set_auth_mode(mode: str | None) -> None:
+    """Set this process's Ray auth mode (None: Ray's default) and make Ray re-read it."""
+    if mode is None:
+        os.environ.pop(_AUTH_ENV, None)
+    else:
+        os.environ[_AUTH_ENV] = mode
+    if "ray" in sys.modules:
+        from ray._raylet import Config
+
+        Config.initialize("")
 
 
 def _fit_to_cluster(envelope: RayEnvelope) -> RayEnvelope:
