@@ -1,11 +1,16 @@
 """Beyond one machine: the enrich stage on a two-node Ray cluster, through `--ray-address`.
 
-A head node (1 CPU) and a second node that joins it (2 CPUs), each with its own raylet,
-object store and worker processes, run on 127.0.0.1 (`ray.cluster_utils.Cluster`, with Ray's
-loopback-only switch on, so nothing listens beyond this machine). They are children of this
-process, removed node by node afterwards, and the test fails if any of them outlives it. Two
-actors cannot both fit on the 1-CPU head, so the joined node does enrich work;
-the output must equal a run of the same day on this process's own local Ray, byte for byte.
+A head node with no CPUs (as KubeRay advises) and a second node that joins it (2 CPUs), each
+with its own raylet, object store and worker processes, run on 127.0.0.1
+(`ray.cluster_utils.Cluster`, with Ray's loopback-only switch on, so nothing listens beyond
+this machine). They are children of this process, removed node by node afterwards, and the
+test fails if any of them outlives it. The driver attaches to the head, where it puts the
+day's vectors; every enrich actor runs on the joined node and fetches them from the head's
+object store. The output must equal a run of the same day on this process's own local Ray,
+byte for byte. The cluster runs without Ray token auth even where this user has
+~/.ray/auth_token (or an earlier local `ray.init` set RAY_AUTH_MODE=token here): the driver
+must match the cluster, or the GCS takes it for dead and cancels every enrich actor before
+it starts.
 """
 
 from __future__ import annotations
@@ -37,15 +42,6 @@ from daedalus.cli import main
 
 pytestmark = pytest.mark.slow
 
-# Known failure, kept strict so it flips loudly once fixed: on a two-node cluster (Ray 2.60,
-# both nodes on 127.0.0.1, in or out of the test process, 150 MiB or 1 GiB object stores,
-# 1 or 2 actors, preloaded or not) Ray Data cancels the EnrichBatches actors before they
-# start ("all references to the actor were removed ... cancelled before it started running")
-# and fails the day on the first such "init death". The same stage on a single `ray start
-# --head` node passes (test_enrich_ray_head.py). See docs/scaling.md, "Multi-node status".
-MULTI_NODE_XFAIL = pytest.mark.xfail(
-    strict=True, reason="Ray Data 2.60 cancels enrich actors on a two-node cluster")
-
 def _leftovers(marker: str) -> list[str]:
     """Command lines of live processes that mention `marker` (the cluster's temp dir)."""
     found = []
@@ -69,7 +65,7 @@ from daedalus import enrich
 enrich._loopback_only(True)
 from ray.cluster_utils import Cluster
 cluster = Cluster(initialize_head=True, shutdown_at_exit=False, head_node_args={
-    "num_cpus": 2, "node_ip_address": "127.0.0.1", "include_dashboard": False,
+    "num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False,
     "temp_dir": sys.argv[1], "object_store_memory": 2**30})
 cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1", object_store_memory=2**30)
 cluster.wait_for_nodes()
@@ -81,11 +77,12 @@ cluster.shutdown()
 
 @pytest.fixture
 def two_nodes():
-    """The address of a head (2 CPUs) plus one joined node (2 CPUs), both on 127.0.0.1."""
+    """The address of a head (no CPUs) plus one joined node (2 CPUs), both on 127.0.0.1."""
     enrich.shutdown_ray()
     temp = tempfile.mkdtemp(prefix="rc", dir="/tmp")
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_AUTH_MODE", None)  # set to token by any earlier local ray.init in this process
     holder = subprocess.Popen([sys.executable, "-c", _CLUSTER, temp], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True, env=env,
                               start_new_session=True)
@@ -116,7 +113,6 @@ def _day(folder: Path) -> pa.Table:
     return table.replace_schema_metadata(None)
 
 
-@MULTI_NODE_XFAIL
 def test_enrich_on_a_two_node_cluster_equals_a_local_run(two_nodes, planted, project,  # noqa: F811
                                                           capsys) -> None:
     import ray
@@ -133,7 +129,7 @@ def test_enrich_on_a_two_node_cluster_equals_a_local_run(two_nodes, planted, pro
     while len(nodes) < 2 and time.monotonic() < deadline:
         time.sleep(0.5)
         nodes = {n["NodeID"]: n for n in ray.nodes() if n["Alive"]}
-    assert len(nodes) == 2 and ray.cluster_resources()["CPU"] == 4
+    assert len(nodes) == 2 and ray.cluster_resources()["CPU"] == 2
     head = ray.get_runtime_context().get_node_id()
 
     placed = set()
