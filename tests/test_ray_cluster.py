@@ -77,7 +77,8 @@ cluster.shutdown()
 
 @pytest.fixture
 def two_nodes():
-    """The address of a head (no CPUs) plus one joined node (2 CPUs), both on 127.0.0.1."""
+    """Waits for, then returns, the address of a head (no CPUs) plus one joined node (2 CPUs),
+    both on 127.0.0.1; the cluster starts while the test does other work."""
     enrich.shutdown_ray()
     temp = tempfile.mkdtemp(prefix="rc", dir="/tmp")
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
@@ -86,9 +87,15 @@ def two_nodes():
     holder = subprocess.Popen([sys.executable, "-c", _CLUSTER, temp], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True, env=env,
                               start_new_session=True)
+    found: list[str] = []
+
+    def address() -> str:
+        if not found:
+            found.append(holder.stdout.readline().strip())
+            assert found[0].startswith("127.0.0.1:"), found[0]
+        return found[0]
+
     try:
-        address = holder.stdout.readline().strip()
-        assert address.startswith("127.0.0.1:"), address
         yield address
     finally:
         enrich.shutdown_ray()
@@ -118,9 +125,13 @@ def test_enrich_on_a_two_node_cluster_equals_a_local_run(two_nodes, planted, pro
     import ray
 
     config, pipeline, store, days, tmp = planted
+    local = enrich.run_enrich_stage(pipeline, config, [DAY], tmp / "out", tmp / "local_enriched",
+                                    envelope=TEST_ENVELOPE, progress=lambda _: None)
+    assert [r.status for r in local] == ["written"]
+
     deadline = time.monotonic() + 30
     code = main(["pipeline", "train", "dssm_ranking", "--enrich-only", "--target-date",
-                 DAY.isoformat(), "--ray-address", two_nodes, "--num-workers", "2", "--json",
+                 DAY.isoformat(), "--ray-address", two_nodes(), "--num-workers", "2", "--json",
                  *project.cli_flags()])
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
@@ -139,11 +150,6 @@ def test_enrich_on_a_two_node_cluster_equals_a_local_run(two_nodes, planted, pro
         assert meta["node_id"] in nodes and meta["pid"] != os.getpid()
         placed.add(meta["node_id"])
     assert placed - {head}, "no enrich batch ran on the joined node"
-
-    enrich.shutdown_ray()
-    local = enrich.run_enrich_stage(pipeline, config, [DAY], tmp / "out", tmp / "local_enriched",
-                                    envelope=TEST_ENVELOPE, progress=lambda _: None)
-    assert [r.status for r in local] == ["written"]
     remote = _day(folder)
     assert remote.equals(_day(tmp / "local_enriched" / f"dt={DAY:%Y-%m-%d}"))
     assert_matches_reference(remote, days[DAY], store)

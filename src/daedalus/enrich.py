@@ -359,15 +359,17 @@ def _cluster_wants_token(address: str, timeout: float = 5.0) -> bool | None:
 
 
 def _set_auth_mode(mode: str | None) -> None:
-    """Set this process's Ray auth mode (None: Ray's default) and make Ray re-read it."""
+    """Set this process's Ray auth mode (None: Ray's default) and make Ray re-read it, token
+    cache included: a token cached by an earlier local cluster keeps the mode on otherwise."""
     if mode is None:
         os.environ.pop(_AUTH_ENV, None)
     else:
         os.environ[_AUTH_ENV] = mode
     if "ray" in sys.modules:
-        from ray._raylet import Config
+        from ray._raylet import AuthenticationTokenLoader, Config
 
         Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
 
 
 def _fit_to_cluster(envelope: RayEnvelope) -> RayEnvelope:
