@@ -1,0 +1,263 @@
+"""Enrich stage benchmark: the `bench` preset's 1M-row day through `run_enrich_stage`.
+
+One run = a fresh child process (its own Ray, started on the machine's 2 CPUs) that enriches
+the day into an empty output root. Reported: rows/s of the whole stage (from the call of
+`run_enrich_stage` to its return: store check, day preload, Ray Data read → actors → write,
+manifest, rename; Ray's start is timed apart, a long-lived process pays it once), and the
+peak memory of the whole process tree (driver, raylet, GCS, workers, object store; PSS, so
+shared pages count once), sampled by bench/memcap.py's `TreeSampler`.
+
+In the same run, the floor: the time to write just the same two float16 list columns, read
+back from the stage's output, to one parquet file with the stage's writer settings (zstd, no
+dictionary, no statistics) in batches of `enrich_batch_rows`: what any enrich stage has to pay
+at least. Target: stage <= 1.3x floor on 2 cores.
+
+`--kernel` also times the avg-pool kernel alone on synthetic like streams, for a 7-day and a
+30-day window with no cap, against the same kernel with every row on its own (so it sums every
+list entry, the naive cost): the per-user prefix sums' cost follows rows and new likes, not
+list length.
+
+Usage: uv run python bench/enrich.py [--repeat 3] [--quiet-load 1.0] [--no-preload]
+       [--num-workers N] [--kernel]
+Needs the bench sources (generated under data/bench/sources if missing) and builds the
+skeleton day (data/bench/enrich/skeleton) and the store (data/bench/store) once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "bench"))
+
+BENCH = REPO / "data/bench"
+SOURCES = BENCH / "sources"
+STORE_ROOT = BENCH / "store"
+WORK = BENCH / "enrich"
+SKELETON = WORK / "skeleton"
+ENRICHED = WORK / "skeleton_enriched"
+DAY = dt.date(2026, 2, 1)
+EMBEDDING_COLUMNS = ["image_embedding", "like_artwork_avg_embeds"]
+
+
+def load():
+    os.environ["DAEDALUS_SOURCES_ROOT"] = str(SOURCES)
+    os.environ["DAEDALUS_STORE_ROOT"] = str(STORE_ROOT)
+    from daedalus.compiler import compile_service
+    from daedalus.config import load_config
+    from daedalus.registry import load_registry
+
+    os.chdir(REPO)
+    config = load_config().with_runtime(output_root=SKELETON, feed_start=DAY, feed_end=DAY)
+    registry = load_registry("feature_views", "feature_services")
+    return config, registry, compile_service(registry, "dssm_ranking", config)
+
+
+def prepare(log) -> None:
+    """Bench sources, the skeleton day and the store, each made once."""
+    from daedalus import embedding_store
+    from daedalus.demo_data import PRESETS, generate_demo_data
+    from daedalus.skeleton import run_skeleton_stage
+
+    if not (SOURCES / "_demo_data.json").exists():
+        log(f"generating the bench sources under {SOURCES} ...")
+        generate_demo_data(SOURCES, PRESETS["bench"])
+    config, _, pipeline = load()
+    if not (SKELETON / f"dt={DAY}").exists():
+        log("writing the skeleton day (skeleton stage) ...")
+        run_skeleton_stage(pipeline, config, [DAY], SKELETON, progress=log)
+    started = time.perf_counter()
+    info = embedding_store.build_store(config, "artwork_embeddings", progress=log)
+    log(f"store: {info['rows']:,} vectors ({time.perf_counter() - started:.1f}s to open/build)")
+
+
+def child(args: argparse.Namespace) -> None:
+    """One measured run, in its own process: start Ray, enrich the day, print timings."""
+    from daedalus import enrich
+    from daedalus.executor import RayEnvelope
+
+    config, _, pipeline = load()
+    if args.io_cpus:
+        enrich.IO_TASK_CPUS = args.io_cpus
+    envelope = RayEnvelope.from_settings(config.runtime.ray, num_workers=args.num_workers,
+                                         preload_day_embeddings=not args.no_preload)
+    shutil.rmtree(ENRICHED, ignore_errors=True)
+    quiet = lambda _: None  # noqa: E731
+    started = time.perf_counter()
+    effective = enrich.ray_runtime(envelope, quiet)
+    ray_start = time.perf_counter() - started
+    started = time.perf_counter()
+    cpu = time.process_time()
+    [result] = enrich.run_enrich_stage(pipeline, config, [DAY], SKELETON, ENRICHED,
+                                       envelope=envelope, progress=quiet)
+    seconds = time.perf_counter() - started
+    manifest = json.loads((ENRICHED / f"dt={DAY}" / "_manifest.json").read_text())
+    print(json.dumps({"rows": result.rows, "stage_s": seconds, "ray_start_s": ray_start,
+                      "driver_cpu_s": time.process_time() - cpu, "files": len(manifest["files"]),
+                      "timings": manifest["timings"], "actors": effective.actor_pool_size(),
+                      "ray_cpus": effective.num_cpus}))
+    enrich.shutdown_ray()
+
+
+def floor(batch_rows: int) -> dict:
+    """Write just the two embedding columns with the stage's writer settings; time it."""
+    import pyarrow.parquet as pq
+
+    folder = ENRICHED / f"dt={DAY}"
+    files = json.loads((folder / "_manifest.json").read_text())["files"]
+    table = pq.read_table([folder / f for f in files], columns=EMBEDDING_COLUMNS)
+    target = WORK / "floor.parquet"
+    started, cpu = time.perf_counter(), time.process_time()
+    with pq.ParquetWriter(target, table.schema, compression="zstd", use_dictionary=False,
+                          write_statistics=False) as writer:
+        for batch in table.to_batches(max_chunksize=batch_rows):
+            writer.write_batch(batch)
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    size = target.stat().st_size
+    target.unlink()
+    return {"floor_s": seconds, "floor_cpu_s": cpu, "floor_rows": table.num_rows,
+            "floor_mib": size / 2**20}
+
+
+def wait_for_quiet(max_load: float | None, patience_s: float) -> float:
+    """On a shared machine, wait (bounded) until the 1-minute load average is below max_load."""
+    deadline = time.monotonic() + patience_s
+    while max_load is not None and os.getloadavg()[0] > max_load and time.monotonic() < deadline:
+        time.sleep(5)
+    return os.getloadavg()[0]
+
+
+def measured_run(args: argparse.Namespace) -> dict:
+    from memcap import TreeSampler
+
+    command = [sys.executable, __file__, "--child"]
+    if args.no_preload:
+        command.append("--no-preload")
+    if args.num_workers:
+        command += ["--num-workers", str(args.num_workers)]
+    if args.io_cpus:
+        command += ["--io-cpus", str(args.io_cpus)]
+    load_before = wait_for_quiet(args.quiet_load, args.patience)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    with TreeSampler(proc.pid, interval=0.2) as sampler:
+        out, _ = proc.communicate()
+    if proc.returncode:
+        raise SystemExit(f"bench child failed with status {proc.returncode}")
+    run = json.loads(out.strip().splitlines()[-1])
+    config, _, _ = load()
+    run.update(floor(config.runtime.enrich_batch_rows))
+    run.update(sampler.summary())
+    run["rows_per_s"] = run["rows"] / run["stage_s"]
+    run["x_floor"] = run["stage_s"] / run["floor_s"]
+    run["load_before"] = round(load_before, 2)
+    run["load_after"] = round(os.getloadavg()[0], 2)
+    return run
+
+
+# -- the kernel alone ---------------------------------------------------------------------------
+
+
+def kernel(log) -> list[dict]:
+    """Avg-pool kernel on synthetic sliding windows: 7 vs 30 days, prefix sums vs naive."""
+    import numpy as np
+
+    from daedalus.avg_pool import EmbeddingTable, like_windows, window_means
+
+    rng = np.random.default_rng(0)
+    users, rows, artworks, days = 20_000, 200_000, 100_000, 30
+    table = EmbeddingTable.from_rows(np.arange(1, artworks + 1, dtype=np.int64),
+                                     (rng.standard_normal((artworks, 1152)) * 0.05)
+                                     .astype(np.float16))
+    per_user = rng.poisson(2.0 * days, users)            # about 2 likes a day
+    like_user = np.repeat(np.arange(users), per_user)
+    like_time = rng.uniform(-days, 1, like_user.size)
+    like_id = rng.integers(1, artworks + 1, like_user.size)
+    order = np.lexsort((like_id, like_time, like_user))
+    like_user, like_time, like_id = like_user[order], like_time[order], like_id[order]
+    first = np.searchsorted(like_user, np.arange(users))
+    row_user = rng.integers(0, users, rows)
+    row_time = np.sort(rng.uniform(0, 1, rows))
+    out = []
+    for window in (7, 30):
+        lo = first[row_user] + _count_before(like_user, like_time, row_user, row_time - window)
+        hi = first[row_user] + _count_before(like_user, like_time, row_user, row_time)
+        lengths = hi - lo
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        values = like_id[_flat_ranges(lo, lengths)]
+        started = time.perf_counter()
+        windows = like_windows(row_user.astype(np.int64), offsets, values)
+        window_means(windows, table)
+        prefix_s = time.perf_counter() - started
+        started = time.perf_counter()
+        window_means(like_windows(np.arange(rows, dtype=np.int64), offsets, values), table)
+        naive_s = time.perf_counter() - started
+        row = {"window_days": window, "rows": rows, "mean_list_len": float(lengths.mean()),
+               "sequence_len": int(windows.sequence.size), "prefix_s": prefix_s,
+               "naive_s": naive_s}
+        log(f"kernel {window}d: lists {row['mean_list_len']:.1f} long, prefix {prefix_s:.2f}s,"
+            f" naive {naive_s:.2f}s")
+        out.append(row)
+    return out
+
+
+def _count_before(like_user, like_time, users, times):
+    """Per row: how many of its user's likes are strictly before `times` (like_user sorted)."""
+    import numpy as np
+
+    key_likes = like_user.astype(np.float64) * 1e3 + like_time
+    key_rows = users.astype(np.float64) * 1e3 + times
+    first = np.searchsorted(like_user, users)
+    return np.searchsorted(key_likes, key_rows, side="left") - first
+
+
+def _flat_ranges(starts, lengths):
+    import numpy as np
+
+    owner = np.repeat(np.arange(lengths.size), lengths)
+    return np.arange(owner.size) - (np.cumsum(lengths) - lengths)[owner] + starts[owner]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="enrich stage benchmark (bench preset day)")
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--no-preload", action="store_true")
+    parser.add_argument("--num-workers", type=int, default=None)
+    parser.add_argument("--kernel", action="store_true", help="also time the avg-pool kernel")
+    parser.add_argument("--quiet-load", type=float, default=None,
+                        help="before each run, wait until the 1-min load average is below this")
+    parser.add_argument("--patience", type=float, default=600, help="longest wait, seconds")
+    parser.add_argument("--io-cpus", type=float, default=None,
+                        help="CPUs per Ray Data read/write task (default: the stage's)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    prepare(log)
+    runs = []
+    for i in range(args.repeat):
+        run = measured_run(args)
+        log(f"run {i + 1}: {run['rows']:,} rows in {run['stage_s']:.1f}s"
+            f" ({run['rows_per_s']:,.0f} rows/s), floor {run['floor_s']:.1f}s"
+            f" → {run['x_floor']:.2f}x floor; peak {run['peak_pss_gib']:.2f} GiB (PSS, tree);"
+            f" ray start {run['ray_start_s']:.1f}s; load {run['load_before']}→{run['load_after']}")
+        runs.append(run)
+    result = {"runs": runs, "kernel": kernel(log) if args.kernel else None,
+              "cpus": os.cpu_count(), "command": " ".join(["uv run python bench/enrich.py",
+                                                          *sys.argv[1:]])}
+    (BENCH / "enrich_results.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
