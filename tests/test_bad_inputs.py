@@ -1,12 +1,12 @@
-"""The bad-input catalogue, end to end: `daeda pipeline train` on a broken input explains the
-mistake in one line and writes nothing.
+"""The bad-input catalogue, end to end: `daeda pipeline train` (or `daeda lineage`, for the cases
+that say so) on a broken input explains the mistake in one line and writes nothing.
 
 Each case breaks one thing in a throwaway workspace (a copy of the small demo sources and of
 the project's config and registry), runs the CLI in-process and asserts: a non-zero exit; on
 stderr, besides progress lines, exactly one line, starting `error: `, naming the file, field
 or date and the fix; no traceback; no day folder (skeleton or enriched) and, unless the case
-says the store was legitimately built before the failure, no store. Cases the config, registry
-and compiler tests already pin down are listed in docs/bad-inputs.md with their test names.
+says the store was legitimately built before the failure, no store. docs/bad-inputs.md lists
+every case with the test that exercises it.
 """
 
 from __future__ import annotations
@@ -105,6 +105,26 @@ def _runtime(ws, old, new):
     return []
 
 
+def _edit(relative: str, old: str, new: str) -> Callable:
+    """A setup that replaces `old` by `new` in one project file."""
+    return lambda ws, mp: ws.edit(relative, old, new) or []
+
+
+def _write(relative: str, text: str) -> Callable:
+    return lambda ws, mp: (ws.project / relative).write_text(text) and []
+
+
+def _lineage(name: str) -> Callable:
+    return lambda ws: ["lineage", name, *ws.flags()]
+
+
+AGGREGATIONS = "config/training/aggregations.yaml"
+BASE = "config/base.yaml"
+RUNTIME = "config/training/runtime.yaml"
+SERVICE = "feature_services/dssm_ranking.yaml"
+PROFILE = "feature_views/user_profile.yaml"
+
+
 CASES = [
     # -- the command line ----------------------------------------------------------------------
     Case("unparseable_target_date", lambda ws, mp: ["--target-date", "2026-02-30"],
@@ -137,6 +157,13 @@ CASES = [
          lambda ws, mp: mp.setenv("DAEDALUS_STORE_ROOT", "s3://bucket/stores") or [],
          ("s3:/bucket/stores/artwork_embedding", "the store must be on local disk",
           "DAEDALUS_STORE_ROOT")),
+    Case("store_on_a_network_filesystem",
+         lambda ws, mp: mp.setattr("daedalus.embedding_store.filesystem_type",
+                                   lambda path, mounts=None: "nfs4") or [],
+         ("store/artwork_embedding: embedding store is on a nfs4 network filesystem",
+          "DAEDALUS_STORE_ROOT")),
+    Case("unknown_store_name", None, ("no store named 'nope'",),
+         argv=lambda ws: ["store", "build", "--name", "nope", *ws.flags()]),
     # -- the YAML ------------------------------------------------------------------------------
     Case("malformed_view_yaml",
          lambda ws, mp: (ws.project / "feature_views/user_profile.yaml").write_text(
@@ -156,6 +183,101 @@ CASES = [
          lambda ws, mp: ws.edit("feature_services/dssm_ranking.yaml", "user_profile:country",
                                 "user_profile:colour") or [],
          ("dssm_ranking.yaml", "no feature 'colour'")),
+    # -- config files (catalogue rows 21-23) ---------------------------------------------------
+    Case("aggregation_window_unparseable",
+         _edit(AGGREGATIONS, "window: 7d                  # [t - 7d, t)", "window: 7x"),
+         ("aggregations.yaml: aggregation_specs.0.window", "'7x'")),
+    Case("aggregation_function_unknown", _edit(AGGREGATIONS, "function: count", "function: median"),
+         ("aggregations.yaml: aggregation_specs.1.function", "'median'")),
+    Case("enrichment_store_unknown",
+         _edit(AGGREGATIONS, "store: artwork_embeddings\n    input_column: artwork_id",
+               "store: nope\n    input_column: artwork_id"),
+         ("aggregations.yaml", "unknown store 'nope'")),
+    Case("aggregation_max_items_zero", _edit(AGGREGATIONS, "max_items: 50", "max_items: 0"),
+         ("aggregations.yaml: aggregation_specs.0.max_items",)),
+    Case("embedding_dtype_unsupported",
+         _edit(AGGREGATIONS, "embedding_dtype: float16", "embedding_dtype: float64"),
+         ("aggregations.yaml: embedding_stores.0.embedding_dtype", "'float64'")),
+    Case("base_unknown_key", _edit(BASE, "embedding_dim: 1152", "embedding_dim: 1152\nsource_root: x"),
+         ("base.yaml: source_root: unknown key", "correct its spelling")),
+    Case("base_embedding_dim_negative", _edit(BASE, "embedding_dim: 1152", "embedding_dim: -3"),
+         ("base.yaml: embedding_dim", "greater than 0")),
+    Case("runtime_config_missing",
+         lambda ws, mp: (ws.project / RUNTIME).unlink() or [],
+         ("runtime.yaml: runtime config file not found", "pass the right path")),
+    Case("aggregation_config_missing",
+         lambda ws, mp: (ws.project / AGGREGATIONS).unlink() or [],
+         ("aggregations.yaml: aggregation config file not found",)),
+    Case("runtime_config_not_a_mapping", _write(RUNTIME, "- a\n- b\n"),
+         ("runtime.yaml", "expected a mapping at the top level, got list")),
+    Case("base_config_not_a_mapping", _write(BASE, "just text\n"),
+         ("base.yaml", "expected a mapping at the top level, got str")),
+    # -- the registry (catalogue rows 26-29) ---------------------------------------------------
+    Case("unknown_view_in_service",
+         _edit(SERVICE, "user_profile:country", "user_profil:country"),
+         ("dssm_ranking.yaml: features: 'user_profil:country' names unknown view 'user_profil'",
+          "user_profile")),
+    Case("feature_not_a_view_feature_reference",
+         _edit(SERVICE, "user_profile:country", "user_profile.country"),
+         ("dssm_ranking.yaml: features: 'user_profile.country' is not a `view:feature`",)),
+    Case("unknown_aggregation_in_service",
+         _edit(SERVICE, "aggregations: [like_artwork_ids_7d", "aggregations: [like_ids"),
+         ("dssm_ranking.yaml: aggregations: unknown aggregation 'like_ids'",
+          "like_artwork_ids_7d")),
+    Case("unknown_enrichment_in_service",
+         _edit(SERVICE, "enrichments: [image_embedding", "enrichments: [image_emb"),
+         ("dssm_ranking.yaml: enrichments: unknown enrichment 'image_emb'",)),
+    Case("output_column_collision_in_service",
+         _edit(SERVICE, "label_click: is_click", "position: is_click"),
+         ("dssm_ranking.yaml: spine.labels: output column 'position' collides",)),
+    Case("unknown_spine_view",
+         _edit(SERVICE, "view: feed_impressions", "view: impressions"),
+         ("dssm_ranking.yaml: spine.view: unknown feature view 'impressions'",)),
+    Case("qid_from_not_a_spine_column",
+         _edit(SERVICE, "qid_from: feed_session", "qid_from: session"),
+         ("dssm_ranking.yaml: spine.qid_from: 'session' is not a column",)),
+    Case("unknown_key_in_service", _edit(SERVICE, "description: DSSM", "descripton: DSSM"),
+         ("dssm_ranking.yaml: descripton: unknown key",)),
+    Case("view_ttl_unparseable", _edit(PROFILE, "ttl: 3d", "ttl: three days"),
+         ("user_profile.yaml: ttl",)),
+    Case("view_ttl_zero", _edit(PROFILE, "ttl: 3d", "ttl: 0d"), ("user_profile.yaml: ttl",)),
+    Case("view_dtype_unknown", _edit(PROFILE, "dtype: int32", "dtype: int128"),
+         ("user_profile.yaml: features.1.dtype",)),
+    Case("view_name_differs_from_file", _edit(PROFILE, "name: user_profile", "name: user_profiles"),
+         ("user_profile.yaml: name: 'user_profiles' differs from the file name",)),
+    Case("view_column_declared_twice",
+         _edit(PROFILE, "{name: is_premium, dtype: bool}", "{name: country, dtype: bool}"),
+         ("user_profile.yaml: features: column 'country' is declared twice",)),
+    Case("view_timestamp_field_missing",
+         _edit("feature_views/artwork_stats.yaml", "timestamp_field: feature_timestamp\n", ""),
+         ("artwork_stats.yaml: timestamp_field: required key is missing",)),
+    Case("two_views_with_one_name",
+         lambda ws, mp: (ws.project / "feature_views/user_profile.yml").write_text(
+             (ws.project / PROFILE).read_text()) and [],
+         ("user_profile.yml: name:", "is also defined in", "user_profile.yaml")),
+    Case("output_columns_missing_a_service_column", _edit(RUNTIME, "  - like_count_7d\n", ""),
+         ("runtime.yaml: output_columns: service 'dssm_ranking' produces 'like_count_7d'",)),
+    Case("output_columns_with_an_unproduced_column",
+         _edit(RUNTIME, "  - qid\n", "  - qid\n  - bogus\n"),
+         ("runtime.yaml: output_columns: 'bogus' is not produced",)),
+    Case("feature_refs_missing_a_joined_view",
+         _edit(RUNTIME, "feature_refs: [user_profile, artwork_stats, user_likes]",
+               "feature_refs: [user_profile, user_likes]"),
+         ("runtime.yaml: feature_refs: view 'artwork_stats'",)),
+    # -- `daeda lineage` on a broken service ---------------------------------------------------
+    Case("lineage_of_a_service_with_an_unknown_aggregation",
+         _edit(SERVICE, "aggregations: [like_artwork_ids_7d", "aggregations: [like_ids"),
+         ("dssm_ranking.yaml: aggregations: unknown aggregation 'like_ids'",
+          "like_artwork_ids_7d", "aggregations.yaml"),
+         argv=_lineage("dssm_ranking")),
+    Case("lineage_of_a_view_beside_a_service_with_an_unknown_aggregation",
+         _edit(SERVICE, "aggregations: [like_artwork_ids_7d", "aggregations: [like_ids"),
+         ("dssm_ranking.yaml: aggregations: unknown aggregation 'like_ids'",),
+         argv=_lineage("user_likes")),
+    Case("lineage_of_a_service_with_an_unknown_view",
+         _edit(SERVICE, "user_profile:country", "user_profil:country"),
+         ("dssm_ranking.yaml: features: 'user_profil:country' names unknown view",),
+         argv=_lineage("dssm_ranking")),
     # -- the sources ---------------------------------------------------------------------------
     Case("source_column_missing",
          lambda ws, mp: rewrite(part(ws, "feed_impressions", "2026-02-01"),
@@ -253,10 +375,8 @@ def _error_lines(err: str) -> list[str]:
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_input_is_one_line_and_writes_nothing(case: Case, ws: Workspace, monkeypatch,
                                                   capsys) -> None:
-    if case.argv is not None:
-        argv = case.argv(ws)
-    else:
-        argv = ws.train(*case.setup(ws, monkeypatch))
+    extra = case.setup(ws, monkeypatch) if case.setup is not None else []
+    argv = case.argv(ws) if case.argv is not None else ws.train(*extra)
     started = time.monotonic()
     try:
         rc = main(argv)

@@ -87,7 +87,8 @@ def test_bad_aggregation_value_is_one_line(project, old, new, expect):
     project.edit(project.aggregations, old, new)
     with pytest.raises(DaedalusError) as exc:
         project.load()
-    assert str(project.aggregations) in str(exc.value) and expect in str(exc.value)
+    msg = str(exc.value)
+    assert str(project.aggregations) in msg and expect in msg and "\n" not in msg
 
 
 def test_bad_base_values(project):

@@ -6,13 +6,13 @@ import json
 
 from daedalus.config import Config
 from daedalus.errors import DaedalusError
-from daedalus.registry import Registry, service_views
+from daedalus.registry import Registry, check_service, service_views
 
 
 def lineage(registry: Registry, config: Config, name: str) -> dict:
     """For a service: its upstream views and their sources. For a view: sources and services."""
     if name in registry.services:
-        service = registry.services[name]
+        service = check_service(registry, name, config)
         views = service_views(service, config)
         return {
             "name": name,

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from daedalus.config import Config, parse_duration
+from daedalus.config import AggregationSpec, Config, parse_duration
 from daedalus.errors import DaedalusError
 from daedalus.yamlio import load_yaml_mapping
 
@@ -214,12 +214,8 @@ def _service_columns(service: FeatureService, registry: Registry, config: Config
             raise DaedalusError(f"{config.runtime_path}: feature_refs: view {view_name!r} used by service"
                                 f" {service.name!r} is not listed (fix: add {view_name} to feature_refs)")
         produced.append((feat, f"features ({ref})"))
-    aggs = {a.name: a for a in config.aggregations.aggregation_specs}
     for name in service.aggregations:
-        spec = aggs.get(name)
-        if spec is None:
-            raise DaedalusError(f"{path}: aggregations: unknown aggregation {name!r}"
-                                f" (fix: define it under aggregation_specs in {config.aggregation_path})")
+        spec = aggregation_spec(service, name, config)
         view = registry.views.get(spec.view)
         if view is None:
             raise DaedalusError(f"{config.aggregation_path}: aggregation_specs.{name}.view: unknown"
@@ -359,8 +355,27 @@ def validate_service(registry: Registry, service_name: str, config: Config,
     return service
 
 
+def check_service(registry: Registry, service_name: str, config: Config) -> FeatureService:
+    """The service's references (views, features, aggregations, enrichments) resolved, without
+    comparing its columns with `output_columns`: what `daeda lineage` needs."""
+    service = registry.service(service_name)
+    _service_columns(service, registry, config)
+    return service
+
+
+def aggregation_spec(service: FeatureService, name: str, config: Config) -> AggregationSpec:
+    """The `aggregation_specs` entry a service names, or a one-line error naming the service."""
+    for spec in config.aggregations.aggregation_specs:
+        if spec.name == name:
+            return spec
+    known = [a.name for a in config.aggregations.aggregation_specs]
+    raise DaedalusError(f"{service.path}: aggregations: unknown aggregation {name!r}"
+                        f" (fix: use one of {known} or define it under aggregation_specs in"
+                        f" {config.aggregation_path})")
+
+
 def service_views(service: FeatureService, config: Config) -> list[str]:
     """Every view a service reads: the spine, point-in-time views, aggregated views."""
-    aggs = {a.name: a for a in config.aggregations.aggregation_specs}
-    views = [service.spine.view, *service.feature_views(), *(aggs[a].view for a in service.aggregations)]
+    views = [service.spine.view, *service.feature_views(),
+             *(aggregation_spec(service, a, config).view for a in service.aggregations)]
     return list(dict.fromkeys(views))
