@@ -2,6 +2,7 @@
 SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 PY := python3
+UVBOOT := .uvboot
 DEMO_ROOT ?= data/demo/sources
 export DAEDALUS_SOURCES_ROOT ?= $(DEMO_ROOT)
 
@@ -9,9 +10,20 @@ export DAEDALUS_SOURCES_ROOT ?= $(DEMO_ROOT)
 
 install: .venv/.synced
 
+# uv: the one on PATH (or UV=...), ~/.local/bin/uv, .uvboot/bin/uv; else pip install --user uv,
+# pip install uv, and where a PEP 668 system Python refuses both, a venv of its own (.uvboot).
 .venv/.synced: pyproject.toml uv.lock
-	@command -v uv >/dev/null 2>&1 || [ -x "$(UV)" ] || $(PY) -m pip install --quiet --user uv || $(PY) -m pip install --quiet uv
-	@UV=$$(command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv); $$UV sync --frozen --python 3.11
+	@uv=""; for c in "$(UV)" "$$(command -v uv 2>/dev/null)" "$(HOME)/.local/bin/uv" "$(UVBOOT)/bin/uv"; do \
+	  if [ -n "$$c" ] && [ -x "$$c" ]; then uv="$$c"; break; fi; done; \
+	if [ -z "$$uv" ] && { $(PY) -m pip install --quiet --user uv 2>/dev/null || $(PY) -m pip install --quiet uv 2>/dev/null; }; then \
+	  uv=$$(command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv"); fi; \
+	if [ -z "$$uv" ] || [ ! -x "$$uv" ]; then \
+	  echo "pip would not install uv (an externally managed Python?): bootstrapping it in $(UVBOOT)/"; \
+	  $(PY) -m venv $(UVBOOT) && $(UVBOOT)/bin/pip install --quiet uv || { \
+	    echo "error: could not install uv (fix: install it, https://docs.astral.sh/uv/, or python3-venv)" >&2; \
+	    exit 1; }; \
+	  uv="$(UVBOOT)/bin/uv"; fi; \
+	"$$uv" sync --frozen --python 3.11
 	@touch .venv/.synced
 
 demo: install
