@@ -12,6 +12,7 @@ import pytest
 
 from daedalus.defs import DaedalusConfig, build_defs
 from daedalus.defs.agent import materialize_day
+from daedalus.defs.training import training_job, training_schedule
 from daedalus.errors import DaedalusError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,6 +50,8 @@ def test_definitions_hold_exactly_the_views_training_asset_checks_job_schedule_r
     assert {c.asset_key for c in graph.asset_check_keys} == {TRAINING}
     assert [j.name for j in defs.jobs] == ["dssm_ranking_daily"]
     assert [s.name for s in defs.schedules] == ["dssm_ranking_daily_schedule"]
+    assert defs.jobs[0] is training_job and defs.schedules[0] is training_schedule
+    assert training_schedule.job_name == training_job.name == "dssm_ranking_daily"
     assert set(defs.resources) == {"cfg"} and isinstance(defs.resources["cfg"], DaedalusConfig)
     assert defs.executor is dg.in_process_executor
 

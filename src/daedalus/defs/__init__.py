@@ -13,7 +13,8 @@ from daedalus.defs.resources import DaedalusConfig
 from daedalus.defs.training import (
     feature_view_specs,
     training_asset,
-    training_job,
+    training_job_for,
+    training_schedule_for,
 )
 
 __all__ = ["DaedalusConfig", "build_defs"]
@@ -27,11 +28,10 @@ def build_defs(cfg: DaedalusConfig | None = None) -> dg.Definitions:
     checks, jobs, schedules = [], [], []
     for service in sorted(registry.services):
         asset = training_asset(service, config, registry)
-        job = training_job(service)
         assets.append(asset)
         checks += training_checks(service, asset)
-        jobs.append(job)
-        schedules.append(dg.build_schedule_from_partitioned_job(job))
+        jobs.append(training_job_for(service))
+        schedules.append(training_schedule_for(service))
     # In process for the UI's ad-hoc materializations too: a process per step costs a core.
     return dg.Definitions(assets=assets, asset_checks=checks, jobs=jobs, schedules=schedules,
                           resources={"cfg": cfg}, executor=dg.in_process_executor)

@@ -5,6 +5,7 @@ no feature logic lives here. A partition is a day: compile → skeleton → enri
 """
 
 import datetime as dt
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -175,10 +176,26 @@ def training_asset(service: str, config: Config, registry: Registry) -> dg.Asset
     )
 
 
-def training_job(service: str):
-    """One partition per run, in process: a step per process would cost a core per step."""
+@functools.cache
+def training_job_for(service: str):
+    """One partition per run, in process: a step per process would cost a core per step.
+
+    One object per service, so `build_defs` and the module-level `training_job` agree.
+    """
     return dg.define_asset_job(
         name=training_job_name(service),
         selection=dg.AssetSelection.assets(training_asset_name(service)),
         executor_def=dg.in_process_executor,
     )
+
+
+@functools.cache
+def training_schedule_for(service: str) -> dg.ScheduleDefinition:
+    """Daily, derived from the job's partitions: no cron string of its own to maintain."""
+    return dg.build_schedule_from_partitioned_job(training_job_for(service))
+
+
+# The names spec 04 shows, for the project's service; `build_defs` puts these very objects in
+# the code location (the asset itself needs the registry, so `build_defs` makes it).
+training_job = training_job_for("dssm_ranking")
+training_schedule = training_schedule_for("dssm_ranking")
