@@ -51,7 +51,7 @@ def test_definitions_hold_exactly_the_views_training_asset_checks_job_schedule_r
     assert [j.name for j in defs.jobs] == ["dssm_ranking_daily"]
     assert [s.name for s in defs.schedules] == ["dssm_ranking_daily_schedule"]
     assert defs.jobs[0] is training_job and defs.schedules[0] is training_schedule
-    assert training_schedule.job_name == training_job.name == "dssm_ranking_daily"
+    assert training_schedule.job is training_job and training_job.name == "dssm_ranking_daily"
     assert set(defs.resources) == {"cfg"} and isinstance(defs.resources["cfg"], DaedalusConfig)
     assert defs.executor is dg.in_process_executor
 
