@@ -206,3 +206,120 @@ def test_reader_during_recompute_sees_one_whole_version(trained):
     assert seen and all(n == rows and nulls in versions for n, nulls in seen)
 
 
+
+
+# -- a day that has no impressions (any more) -----------------------------------------------------
+
+
+def empty_impressions(project, day: dt.date, delete: bool = False) -> bytes:
+    """Replace the day's impressions file by a zero-row one (same schema), or delete the
+    day's partition; the old file's bytes."""
+    config, _ = project.load()
+    path = config.base.sources_root / "feed_impressions" / f"dt={day}" / "part-0.parquet"
+    old = path.read_bytes()
+    if delete:
+        path.unlink()
+        path.parent.rmdir()
+    else:
+        pq.write_table(pq.read_table(path).slice(0, 0), path)
+    return old
+
+
+def status_of(project, capsys, day: dt.date) -> dict[str, dict]:
+    capsys.readouterr()
+    assert main(["status", "dssm_ranking", "--from", str(day), "--to", str(day), "--json",
+                 "--pipelines-dir", str(project.pipelines), *project.cli_flags()]) == 0
+    return {s["stage"]: s for s in json.loads(capsys.readouterr().out)}
+
+
+def test_emptied_day_is_retired_with_its_enriched_day(trained, capsys):
+    config, _ = trained.load()
+    out = config.runtime.output_root
+    folder = day_path(out, DAYS[1])
+    enriched = day_path(out.with_name(out.name + "_enriched"), DAYS[1])
+    enriched.mkdir(parents=True)          # stands in for the enriched day made from it
+    pq.write_table(pq.read_table(folder), enriched / "part-0.parquet")
+    before = written_at(trained)
+    empty_impressions(trained, DAYS[1])
+    assert train(trained) == 0
+    err = capsys.readouterr().err
+    assert f"skeleton {DAYS[1]}: recomputing, feed_impressions changed since last run" in err
+    assert (f"skeleton {DAYS[1]}: no impressions now: removed the stale day {folder}"
+            f" and its enriched day {enriched}") in err
+    assert not folder.exists() and not enriched.exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".staging-")]
+    assert recomputed_days(trained, before) == {DAYS[1]}
+    assert read_manifest(folder)["rows"] == 0          # the 0-row sidecar, no dt= folder
+    assert (out / ".manifests" / f"dt={DAYS[1]}.json").is_file()
+    skeleton = status_of(trained, capsys, DAYS[1])["skeleton"]
+    assert (skeleton["state"], skeleton["rows"]) == ("empty", 0)
+
+
+def test_unchanged_rerun_over_an_empty_day_recomputes_nothing(trained, capsys):
+    empty_impressions(trained, DAYS[1])
+    assert train(trained) == 0
+    capsys.readouterr()
+    before = written_at(trained)
+    assert train(trained, "--dry-run", "--json") == 0
+    planned = json.loads(capsys.readouterr().out)
+    assert [(p["state"], p["reason"]) for p in planned][1] == ("skip", "no impressions")
+    assert {p["state"] for p in planned} == {"skip"}
+    assert train(trained) == 0
+    captured = capsys.readouterr()
+    assert recomputed_days(trained, before) == set()
+    assert f"skeleton {DAYS[1]}: skipped, no impressions" in captured.err
+    assert "recomputing" not in captured.err
+    assert "3 skipped" in captured.out
+    # and a change of its inputs recomputes it (still empty)
+    rewrite_source_file(trained, "user_likes", DAYS[1])
+    assert train(trained) == 0
+    assert recomputed_days(trained, before) == {DAYS[1], DAYS[2]}
+    assert f"skeleton {DAYS[1]}: no rows: no impressions on {DAYS[1]}" in capsys.readouterr().err
+
+
+def test_empty_day_that_gains_rows_is_written(trained, capsys):
+    config, _ = trained.load()
+    out = config.runtime.output_root
+    rows = read_manifest(day_path(out, DAYS[1]))["rows"]
+    old = empty_impressions(trained, DAYS[1], delete=True)
+    assert train(trained) == 0
+    assert not day_path(out, DAYS[1]).exists()
+    assert status_of(trained, capsys, DAYS[1])["skeleton"]["state"] == "empty"
+    path = config.base.sources_root / "feed_impressions" / f"dt={DAYS[1]}" / "part-0.parquet"
+    path.parent.mkdir()
+    path.write_bytes(old)                 # the impressions arrive (again)
+    capsys.readouterr()
+    assert train(trained) == 0
+    assert f"skeleton {DAYS[1]}: recomputing, feed_impressions changed" in capsys.readouterr().err
+    assert pq.read_table(day_path(out, DAYS[1])).num_rows == rows
+    assert read_manifest(day_path(out, DAYS[1]))["rows"] == rows
+    assert not (out / ".manifests" / f"dt={DAYS[1]}.json").exists()
+    assert status_of(trained, capsys, DAYS[1])["skeleton"]["state"] == "complete"
+
+
+@pytest.mark.slow
+def test_emptied_day_with_enrich_retires_both_and_skips_after(project, capsys):
+    """Full train (skeleton + enrich) of one day; emptied, it goes from both outputs; an
+    unchanged rerun then skips both stages; status says empty for both."""
+    config, _ = project.load()
+    generate_demo_data(config.base.sources_root, DemoDataSpec(days=1, users=100, artworks=200,
+                                                             events_per_day=400))
+    flags = ["pipeline", "train", "dssm_ranking", "--target-date", str(DAYS[0]),
+             "--ray-num-cpus", "2", "--pipelines-dir", str(project.pipelines),
+             *project.cli_flags()]
+    assert main(flags) == 0
+    out = config.runtime.output_root
+    enriched = day_path(out.with_name(out.name + "_enriched"), DAYS[0])
+    assert read_manifest(enriched)["rows"] > 0
+    empty_impressions(project, DAYS[0])
+    capsys.readouterr()
+    assert main(flags) == 0
+    err = capsys.readouterr().err
+    assert "no impressions now: removed the stale day" in err
+    assert not day_path(out, DAYS[0]).exists() and not enriched.exists()
+    assert {s: v["state"] for s, v in status_of(project, capsys, DAYS[0]).items()} == {
+        "skeleton": "empty", "enrich": "empty"}
+    assert main([*flags, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert [(r["stage"], r["status"], r["message"]) for r in summary["results"]] == [
+        ("skeleton", "skipped", "no impressions"), ("enrich", "skipped", "no impressions")]

@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--json", action="store_true", help="machine-readable summary")
     train.set_defaults(func=cmd_train)
 
-    status = sub.add_parser("status", help="per day: absent, complete, stale (and why)")
+    status = sub.add_parser("status", help="per day: absent, complete, empty, stale (and why)")
     status.add_argument("service")
     status.add_argument("--from", dest="date_from", default=None, help="first day (default feed_start)")
     status.add_argument("--to", dest="date_to", default=None, help="last day (default feed_end)")

@@ -4,6 +4,10 @@ A stage writes a day into a hidden staging folder beside it and renames it into
 place, so readers never see half a day. A per-day lock file keeps two runs
 from writing the same day at once; staging folders left by a killed run are
 removed by the next writer of that day, or by the next stage's `sweep_staging`.
+
+A day that once had rows and now has none is retired (`retire_day`): renamed out of sight
+in one step, then deleted. Its 0-row manifest lives in `<root>/.manifests/`, never in a
+`dt=` folder: an empty day has no folder (contract 00).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from daedalus.faults import crash_point
 
 STAGING_PREFIX = ".staging-"
 LOCK_DIR = ".locks"
+MANIFESTS_DIR = ".manifests"  # 0-row manifests of empty days (hidden: no reader lists it)
 
 
 def day_name(day: dt.date) -> str:
@@ -135,6 +140,25 @@ def staged_day(root: Path, day: dt.date) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def retire_day(root: Path, day: dt.date) -> Path | None:
+    """Remove a published day atomically (caller holds the day lock); the path it had, or None.
+
+    One rename takes the whole day out of sight, so a reader sees the old day or none, never
+    part of one; a run killed before the delete leaves a staging folder that the next
+    writer of the day, or `sweep_staging`, removes.
+    """
+    root = Path(root)
+    final = day_path(root, day)
+    if not final.is_dir():
+        return None
+    retired = root / f"{STAGING_PREFIX}{day_name(day)}-old-{uuid.uuid4().hex[:12]}"
+    final.rename(retired)
+    _fsync_dir(root)
+    crash_point("days.after_retire")
+    shutil.rmtree(retired, ignore_errors=True)
+    return final
 
 
 def _exchange(a: Path, b: Path) -> bool:

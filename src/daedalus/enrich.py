@@ -531,8 +531,13 @@ def run_enrich_stage(
     """Write `<enriched_root>/dt=YYYY-MM-DD/` for every skeleton day not already enriched.
 
     A day is skipped when its manifest matches the skeleton day and store it would read now;
-    a stale or incomplete one is rewritten, and `force` rewrites every day.
+    a stale or incomplete one is rewritten, and `force` rewrites every day. A skeleton day
+    recorded empty (no impressions) has no enriched day either: one left from before is
+    retired, and the day gets its own 0-row sidecar manifest, so a rerun skips it.
     """
+    from daedalus.days import retire_day
+    from daedalus.manifest import remove_empty_manifest, write_empty_manifest
+
     plan, stores = prepare_enrich(pipeline, config, envelope, progress)
     skeleton_root = Path(skeleton_root).resolve()
     enriched_root = ensure_writable(Path(enriched_root), "enriched output root").resolve()
@@ -543,7 +548,9 @@ def run_enrich_stage(
     for day in sorted(set(days)):
         started = time.perf_counter()
         files = skeleton_files(Path(skeleton_root), day)
-        if not files:
+        empty_skeleton = not files and (read_manifest(day_path(skeleton_root, day)) or {}).get(
+            "rows") == 0  # no folder, a 0-row sidecar: the skeleton stage found no impressions
+        if not files and not empty_skeleton:
             message = (f"no skeleton day at {day_path(skeleton_root, day)} (no impressions, or"
                        " the skeleton stage has not run for it): nothing to enrich")
             results.append(DayResult("enrich", day, "empty", 0, None, 0.0, message))
@@ -552,6 +559,22 @@ def run_enrich_stage(
         fingerprint = enrich_fingerprint(pipeline, config, day, Path(skeleton_root), versions)
         target = day_path(enriched_root, day)
         state, reason = day_state(target, fingerprint)
+        if empty_skeleton:
+            if state == "empty" and not force:
+                results.append(DayResult("enrich", day, "skipped", 0, None, 0.0, "no impressions"))
+                progress(f"enrich {day}: skipped, no impressions")
+                continue
+            with day_lock(enriched_root, day):
+                retired = retire_day(enriched_root, day)
+                write_empty_manifest(enriched_root, day, Manifest(
+                    stage="enrich", day=day.isoformat(), rows=0, files=[],
+                    fingerprint=fingerprint))
+            message = (f"no impressions now: removed the stale day {retired}" if retired
+                       else f"no rows: no impressions on {day}, nothing written")
+            results.append(DayResult("enrich", day, "empty", 0, None,
+                                     time.perf_counter() - started, message))
+            progress(f"enrich {day}: {message}")
+            continue
         if state == "complete" and not force:
             rows = int((read_manifest(target) or {}).get("rows", 0))
             results.append(DayResult("enrich", day, "skipped", rows, str(target), 0.0,
@@ -571,6 +594,7 @@ def run_enrich_stage(
                 runtime = ray_runtime(envelope, progress)
             written, parts = _enrich_day(plan, config, day, files, rows, stores, fingerprint,
                                          enriched_root, runtime)
+            remove_empty_manifest(enriched_root, day)
         seconds = time.perf_counter() - started
         rate = rows / max(seconds, 1e-9)
         message = (f"wrote {written:,} rows in {len(parts)} file(s) → {target}"

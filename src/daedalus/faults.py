@@ -8,6 +8,7 @@ point costs two environment lookups. The points:
 - `skeleton.before_publish`: a skeleton day is fully written in its staging folder.
 - `qid.before_replace`: the grown qid map is written to its temp file, not yet renamed.
 - `days.after_exchange`: a recomputed day replaced the old one, which waits in staging.
+- `days.after_retire`: a day that has no rows any more was renamed out of sight, not yet deleted.
 - `days.after_publish`: a day (skeleton or enriched) was just published: between days.
 - `enrich.before_publish`: an enriched day is fully written in its staging folder.
 - `store.after_first_batch`: Lance has taken the first batch of a store build.

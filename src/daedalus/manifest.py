@@ -5,6 +5,11 @@ staging folder and so published atomically with the day. It records the day's
 row count and files, a fingerprint of every input file it read (size and
 mtime), a hash of the operators and config that shaped it, and the code
 version. A day without a valid manifest is not complete.
+
+A day with no rows has no folder (contract 00); its manifest, with `rows: 0`, is a sidecar
+`<root>/.manifests/dt=YYYY-MM-DD.json`, so an unchanged rerun skips the empty day too and
+a change of its inputs recomputes it. `read_manifest` and `day_state` read the sidecar when
+the day folder is absent; a published folder always wins over a sidecar.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any
 
 from daedalus import __version__
 from daedalus.config import Config, parse_duration
-from daedalus.days import day_path
+from daedalus.days import MANIFESTS_DIR, day_name, day_path
 
 MANIFEST_NAME = "_manifest.json"
 FORMAT = 1
@@ -121,10 +126,13 @@ class Manifest:
 
 def write_manifest(folder: Path, manifest: Manifest) -> Path:
     """Write the manifest last, fsynced, inside the (staging) day folder."""
+    return _write_json(Path(folder) / MANIFEST_NAME, manifest)
+
+
+def _write_json(path: Path, manifest: Manifest) -> Path:
     data = asdict(manifest)
     data["written_at"] = manifest.written_at or dt.datetime.now(dt.UTC).isoformat()
-    path = Path(folder) / MANIFEST_NAME
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w") as fh:
         json.dump(data, fh, indent=2, default=str)
         fh.flush()
@@ -133,8 +141,47 @@ def write_manifest(folder: Path, manifest: Manifest) -> Path:
     return path
 
 
+def empty_manifest_path(folder: Path) -> Path:
+    """The sidecar of day folder `<root>/dt=D`: `<root>/.manifests/dt=D.json`."""
+    folder = Path(folder)
+    return folder.parent / MANIFESTS_DIR / f"{folder.name}.json"
+
+
+def write_empty_manifest(root: Path, day: dt.date, manifest: Manifest) -> Path:
+    """Record a day with no rows, without a day folder (caller holds the day lock)."""
+    if manifest.rows != 0 or manifest.files:
+        raise ValueError(f"{day}: an empty-day manifest has no rows and no files")
+    path = empty_manifest_path(day_path(root, day))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in path.parent.glob(f"{path.name}.*.tmp"):  # a killed run's
+        leftover.unlink(missing_ok=True)
+    _write_json(path, manifest)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return path
+
+
+def remove_empty_manifest(root: Path, day: dt.date) -> None:
+    """Drop the day's 0-row sidecar once the day has rows again (caller holds the day lock)."""
+    path = Path(root) / MANIFESTS_DIR / f"{day_name(day)}.json"
+    path.unlink(missing_ok=True)
+
+
 def read_manifest(folder: Path) -> dict | None:
-    path = Path(folder) / MANIFEST_NAME
+    """The day folder's manifest; for an absent folder, its 0-row sidecar, if any."""
+    folder = Path(folder)
+    data = _read_json(folder / MANIFEST_NAME)
+    if data is None and not folder.exists():
+        data = _read_json(empty_manifest_path(folder))
+        if data is not None and (data.get("rows") != 0 or data.get("files")):
+            return None
+    return data
+
+
+def _read_json(path: Path) -> dict | None:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -152,10 +199,18 @@ def recorded_fingerprint(data: dict) -> Fingerprint | None:
 
 
 def day_state(folder: Path, current: Fingerprint) -> tuple[str, str]:
-    """('absent'|'incomplete'|'stale'|'complete', reason) for a day folder."""
+    """('absent'|'incomplete'|'stale'|'complete'|'empty', reason) for a day folder.
+
+    'empty' is complete with no rows: no folder, an up-to-date 0-row sidecar.
+    """
     folder = Path(folder)
     if not folder.exists():
-        return "absent", "not written yet"
+        data = read_manifest(folder)
+        recorded = recorded_fingerprint(data) if data else None
+        if recorded is None:
+            return "absent", "not written yet"
+        reason = current.staleness(recorded)
+        return ("stale", reason) if reason else ("empty", "no impressions")
     data = read_manifest(folder)
     recorded = recorded_fingerprint(data) if data else None
     if recorded is None:

@@ -25,8 +25,15 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from daedalus.config import Config, parse_duration
-from daedalus.days import day_lock, day_path, ensure_writable, staged_day, sweep_staging
+from daedalus.config import Config, enriched_root_for, parse_duration
+from daedalus.days import (
+    day_lock,
+    day_path,
+    ensure_writable,
+    retire_day,
+    staged_day,
+    sweep_staging,
+)
 from daedalus.errors import DaedalusError
 from daedalus.executor import DayResult
 from daedalus.faults import crash_point
@@ -34,8 +41,10 @@ from daedalus.manifest import (
     Manifest,
     day_state,
     read_manifest,
+    remove_empty_manifest,
     scan_days,
     skeleton_fingerprint,
+    write_empty_manifest,
     write_manifest,
 )
 from daedalus.operators import (
@@ -281,7 +290,8 @@ def run_skeleton_stage(
 ) -> list[DayResult]:
     """Write `<output_root>/dt=YYYY-MM-DD/` for every day absent, stale, or forced.
 
-    A day is skipped only when its manifest matches the current inputs, DAG and config.
+    A day is skipped only when its manifest matches the current inputs, DAG and config; an
+    empty day's manifest is its 0-row sidecar, so an unchanged empty day is skipped too.
     """
     plan = SkeletonPlan.build(pipeline, config)
     output_root = ensure_writable(Path(output_root))
@@ -297,7 +307,11 @@ def run_skeleton_stage(
             results[day] = DayResult("skeleton", day, "skipped", rows, str(folder), 0.0, "up to date")
             progress(f"skeleton {day}: skipped, up to date ({rows:,} rows)")
             continue
-        if state in ("stale", "incomplete") or (force and state == "complete"):
+        if state == "empty" and not force:
+            results[day] = DayResult("skeleton", day, "skipped", 0, None, 0.0, "no impressions")
+            progress(f"skeleton {day}: skipped, no impressions")
+            continue
+        if state in ("stale", "incomplete") or (force and state in ("complete", "empty")):
             progress(f"skeleton {day}: recomputing, {'--force' if force else reason}")
         todo.append(day)
     qid_maps = {
@@ -362,15 +376,21 @@ class _DayRun:
         started = time.perf_counter()
         with day_lock(self.output_root, self.day), scratch_dir(self.work):
             fingerprint = skeleton_fingerprint(self.plan.pipeline, self.config, self.day)
+            retired: list[str] = []
             self.con = self._connect()
             try:
                 rows = self._stages()
                 files = self._publish(rows, fingerprint) if rows else []
             finally:
                 self.con.close()
+            if not rows:
+                retired = self._record_empty(fingerprint)
         seconds = time.perf_counter() - started
         if not rows:
-            message = f"no rows: no impressions on {self.day}, nothing written"
+            if retired:
+                message = f"no impressions now: removed {' and '.join(retired)}"
+            else:
+                message = f"no rows: no impressions on {self.day}, nothing written"
             return DayResult("skeleton", self.day, "empty", 0, None, seconds, message)
         path = day_path(self.output_root, self.day)
         message = f"wrote {rows:,} rows in {len(files)} file(s) → {path}"
@@ -397,7 +417,26 @@ class _DayRun:
             )
             write_manifest(staging, manifest)
             crash_point("skeleton.before_publish")
+        remove_empty_manifest(self.output_root, self.day)
         return files
+
+    def _record_empty(self, fingerprint) -> list[str]:
+        """The day has no impressions (now): retire a day published before, the enriched day
+        made from it first, each in one rename, then record the day as empty (a 0-row sidecar
+        manifest, no folder). Says what it removed. Caller holds the skeleton day lock."""
+        enriched_root = enriched_root_for(self.output_root)
+        enriched = None
+        if day_path(enriched_root, self.day).is_dir():
+            with day_lock(enriched_root, self.day):
+                enriched = retire_day(enriched_root, self.day)
+        skeleton = retire_day(self.output_root, self.day)
+        write_empty_manifest(self.output_root, self.day, Manifest(
+            stage="skeleton", day=self.day.isoformat(), rows=0, files=[],
+            fingerprint=fingerprint, timings=self._rounded()))
+        removed = [f"the stale day {skeleton}"] if skeleton else []
+        if enriched:
+            removed.append(f"{'its' if skeleton else 'the stale'} enriched day {enriched}")
+        return removed
 
     def _rounded(self) -> dict[str, float]:
         return {k: round(v, 3) for k, v in self.timings.items()}

@@ -1,4 +1,5 @@
-"""`daeda status`: per day and stage — absent, incomplete, stale (and why), or complete."""
+"""`daeda status`: per day and stage — absent, incomplete, stale (and why), complete, or
+empty (complete with no rows: no impressions that day, recorded by a 0-row sidecar manifest)."""
 
 from __future__ import annotations
 
@@ -68,10 +69,12 @@ def plan(states: list[DayStatus], force: bool = False) -> list[DayStatus]:
         if force:
             out.append(DayStatus(s.day, s.stage, "run", "--force", s.rows))
             continue
-        if s.state == "complete" and not (s.stage == "enrich" and s.day in redone):
-            out.append(DayStatus(s.day, s.stage, "skip", "up to date", s.rows))
+        done = s.state in ("complete", "empty")
+        if done and not (s.stage == "enrich" and s.day in redone):
+            reason = "up to date" if s.state == "complete" else "no impressions"
+            out.append(DayStatus(s.day, s.stage, "skip", reason, s.rows))
             continue
-        reason = s.reason if s.state != "complete" else "its skeleton day is recomputed"
+        reason = s.reason if not done else "its skeleton day is recomputed"
         if s.stage == "skeleton":
             redone.add(s.day)
         out.append(DayStatus(s.day, s.stage, "run", reason, s.rows))
