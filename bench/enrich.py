@@ -17,8 +17,12 @@ at least. Target: stage <= 1.3x floor on 2 cores.
 list entry, the naive cost): the per-user prefix sums' cost follows rows and new likes, not
 list length.
 
+`--warm` enriches the day a second time in the same process (what every later day of a backfill
+pays: Ray Data's own actors and the worker processes already exist). `--single-process` runs
+the same work with no Ray at all (preload, kernel, writer, one process): Ray's overhead.
+
 Usage: uv run python bench/enrich.py [--repeat 3] [--quiet-load 1.0] [--no-preload]
-       [--num-workers N] [--kernel]
+       [--num-workers N] [--kernel] [--warm] [--single-process]
 Needs the bench sources (generated under data/bench/sources if missing) and builds the
 skeleton day (data/bench/enrich/skeleton) and the store (data/bench/store) once.
 """
@@ -101,20 +105,69 @@ def child(args: argparse.Namespace) -> None:
                                        envelope=envelope, progress=quiet)
     seconds = time.perf_counter() - started
     manifest = json.loads((ENRICHED / f"dt={DAY}" / "_manifest.json").read_text())
-    print(json.dumps({"rows": result.rows, "stage_s": seconds, "ray_start_s": ray_start,
-                      "driver_cpu_s": time.process_time() - cpu, "files": len(manifest["files"]),
-                      "timings": manifest["timings"], "actors": effective.actor_pool_size(),
-                      "ray_cpus": effective.num_cpus}))
+    out = {"rows": result.rows, "stage_s": seconds, "ray_start_s": ray_start,
+           "driver_cpu_s": time.process_time() - cpu, "files": len(manifest["files"]),
+           "timings": manifest["timings"], "actors": effective.actor_pool_size(),
+           "ray_cpus": effective.num_cpus}
+    if args.warm:
+        # The same day again in the same process (--force): what each later day of a backfill
+        # pays once Ray Data's own actors and the worker processes exist.
+        started = time.perf_counter()
+        enrich.run_enrich_stage(pipeline, config, [DAY], SKELETON, ENRICHED, envelope=envelope,
+                                progress=quiet, force=True)
+        out["warm_stage_s"] = time.perf_counter() - started
+    print(json.dumps(out))
     enrich.shutdown_ray()
 
 
-def floor(batch_rows: int) -> dict:
+def single_process(args: argparse.Namespace) -> None:
+    """The same enrich work with no Ray: this process preloads the day, runs the kernel over
+    the same batches and writes them with the stage's writer settings, one file per batch."""
+    import pyarrow.parquet as pq
+
+    from daedalus import enrich
+
+    config, _, pipeline = load()
+    envelope = enrich.RayEnvelope.from_settings(config.runtime.ray)
+    plan, stores = enrich.prepare_enrich(pipeline, config, envelope, lambda _: None)
+    files = enrich.skeleton_files(SKELETON, DAY)
+    produced = {e.name for e in plan.enrichments}
+    plain = [c for c in plan.columns if c not in produced]
+    read = plain + sorted({e.group_column for e in plan.enrichments if e.group_column}
+                          - set(plain))
+    target = WORK / "single_process"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    started, cpu = time.perf_counter(), time.process_time()
+    tables = {s: enrich.day_table(files, [e for e in plan.enrichments if e.store == s], stores[s])
+              for s in plan.stores}
+    preload = time.perf_counter() - started
+    rows = part = 0
+    for path in files:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=config.runtime.enrich_batch_rows,
+                                                       columns=read):
+            table = enrich.enrich_table(pa_table(batch), plan.enrichments, tables, plan.columns)
+            pq.write_table(table, target / f"part-{part:05d}.parquet",
+                           compression=plan.sink.compression, use_dictionary=plain,
+                           write_statistics=plain)
+            rows, part = rows + table.num_rows, part + 1
+    seconds = time.perf_counter() - started
+    print(json.dumps({"rows": rows, "stage_s": seconds, "preload_s": preload,
+                      "cpu_s": time.process_time() - cpu, "files": part}))
+
+
+def pa_table(batch):
+    import pyarrow as pa
+
+    return pa.Table.from_batches([batch])
+
+
+def floor(batch_rows: int, folder: Path) -> dict:
     """Write just the two embedding columns with the stage's writer settings; time it."""
     import pyarrow.parquet as pq
 
-    folder = ENRICHED / f"dt={DAY}"
-    files = json.loads((folder / "_manifest.json").read_text())["files"]
-    table = pq.read_table([folder / f for f in files], columns=EMBEDDING_COLUMNS)
+    files = sorted(folder.glob("*.parquet"))
+    table = pq.read_table(files, columns=EMBEDDING_COLUMNS)
     target = WORK / "floor.parquet"
     started, cpu = time.perf_counter(), time.process_time()
     with pq.ParquetWriter(target, table.schema, compression="zstd", use_dictionary=False,
@@ -140,6 +193,10 @@ def measured_run(args: argparse.Namespace) -> dict:
     from memcap import TreeSampler
 
     command = [sys.executable, __file__, "--child"]
+    if args.single_process:
+        command.append("--single-process")
+    if args.warm:
+        command.append("--warm")
     if args.no_preload:
         command.append("--no-preload")
     if args.num_workers:
@@ -153,8 +210,12 @@ def measured_run(args: argparse.Namespace) -> dict:
     if proc.returncode:
         raise SystemExit(f"bench child failed with status {proc.returncode}")
     run = json.loads(out.strip().splitlines()[-1])
+    run["mode"] = "single-process" if args.single_process else "ray"
     config, _, _ = load()
-    run.update(floor(config.runtime.enrich_batch_rows))
+    written = WORK / "single_process" if args.single_process else ENRICHED / f"dt={DAY}"
+    run.update(floor(config.runtime.enrich_batch_rows, written))
+    if args.single_process:
+        shutil.rmtree(written)
     run.update(sampler.summary())
     run["rows_per_s"] = run["rows"] / run["stage_s"]
     run["x_floor"] = run["stage_s"] / run["floor_s"]
@@ -237,10 +298,14 @@ def main() -> None:
     parser.add_argument("--patience", type=float, default=600, help="longest wait, seconds")
     parser.add_argument("--io-cpus", type=float, default=None,
                         help="CPUs per Ray Data read/write task (default: the stage's)")
+    parser.add_argument("--warm", action="store_true",
+                        help="also enrich the day a second time in the same process (--force)")
+    parser.add_argument("--single-process", action="store_true",
+                        help="the same work with no Ray, in one process (Ray's overhead)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args)
+        (single_process if args.single_process else child)(args)
         return
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     prepare(log)
