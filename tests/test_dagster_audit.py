@@ -136,11 +136,14 @@ def test_artwork_stats_from_the_future_is_a_leak(project):
     assert findings["artwork_stats"].examples[0]["views_1d"] == 99
 
 
-def test_audit_samples_when_the_day_is_large(project):
+def test_audit_samples_only_when_asked_and_the_day_is_larger(project):
     rows = [_row(2, profile=PROFILES[2], likes=(), count=0) for _ in range(50)]
     config, registry, out = _setup(project, rows)
     report = leakage_audit(config, registry, "dssm_ranking", DAY, out, max_rows=20)
     assert report.output_rows == 50 and report.audited_rows == 20 and report.passed
+    assert report.sample == "repeatable reservoir sample of 20 of 50 rows (max_rows=20)"
+    everything = leakage_audit(config, registry, "dssm_ranking", DAY, out)
+    assert everything.audited_rows == 50 and everything.sample == "every row (50)"
 
 
 def test_missing_day_is_empty_and_passes(project):
@@ -170,3 +173,38 @@ def test_embedding_coverage_counts_non_null_vectors(project):
     assert cover == {"image_embedding": 0.25, "like_artwork_avg_embeds": None}
     day = written_day(out, DAY)
     assert day.rows == 4 and "image_embedding" in day.columns
+
+
+def test_every_row_is_audited_in_batches_and_leaks_in_any_batch_are_found(project):
+    good = _row(2, profile=PROFILES[2], likes=(), count=0)
+    rows = [good] * 7 + [_row(1, profile=PROFILES[1])] + [good] * 4 + [
+        _row(1, profile=PROFILES[0], likes=(102, 102)), _row(1, profile=PROFILES[0], count=3)]
+    config, registry, out = _setup(project, rows)
+    report = leakage_audit(config, registry, "dssm_ranking", DAY, out, batch_rows=3)
+    assert report.output_rows == report.audited_rows == len(rows) and report.sample == (
+        f"every row ({len(rows)})")
+    findings = {f.group: f for f in report.findings}
+    assert {g: f.leaked_rows for g, f in findings.items() if f.leaked_rows} == {
+        "user_profile": 1, "like_artwork_ids_7d": 1, "like_count_7d": 1}
+    # rid is the row's 1-based index in the day, whichever batch held it
+    assert [e["rid"] for e in findings["user_profile"].examples] == [8]
+    assert [e["rid"] for e in findings["like_artwork_ids_7d"].examples] == [13]
+    assert [e["rid"] for e in findings["like_count_7d"].examples] == [14]
+    assert findings["user_profile"].checked_rows == len(rows)
+    whole = leakage_audit(config, registry, "dssm_ranking", DAY, out)
+    assert [(f.group, f.checked_rows, f.leaked_rows) for f in whole.findings] == [
+        (f.group, f.checked_rows, f.leaked_rows) for f in report.findings]
+
+
+def test_an_id_listed_twice_needs_two_visible_likes(project):
+    """A list that repeats an id takes the exact path: copies counted against visible rows."""
+    twice = _row(1, profile=PROFILES[0], likes=(100, 102, 102), count=3)
+    thrice = _row(1, profile=PROFILES[0], likes=(102, 102, 102), count=3)
+    with_null = _row(1, profile=PROFILES[0], likes=(102, None), count=3)
+    config, registry, out = _setup(project, [twice, thrice, with_null])
+    _write(config.base.sources_root, "user_likes",
+           [{"event_timestamp": T - 2 * D, "user_id": 1, "artwork_id": 102}])  # a second like
+    report = leakage_audit(config, registry, "dssm_ranking", DAY, out)
+    (listed,) = [f for f in report.findings if f.group == "like_artwork_ids_7d"]
+    assert listed.leaked_rows == 2 and [e["rid"] for e in listed.examples] == [2, 3]
+    assert {e["item"] for e in listed.examples} == {102, None}

@@ -8,7 +8,10 @@ loaded except to count their nulls.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import functools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,9 +22,10 @@ import pyarrow.parquet as pq
 
 from daedalus.config import Config, parse_duration
 from daedalus.days import day_path, present_days
-from daedalus.registry import ARROW_TYPES, FeatureView, Registry
+from daedalus.registry import ARROW_TYPES, FeatureView, Registry, aggregation_spec
 
-DEFAULT_AUDIT_ROWS = 200_000
+AUDIT_BATCH_ROWS = 500_000  # output rows per audited batch: bounds the audit's memory
+EXAMPLES = 5  # leaked rows shown per feature group
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,7 @@ class LeakageReport:
     output_rows: int
     audited_rows: int
     findings: tuple[Finding, ...] = field(default=())
+    sample: str = "every row"  # which rows were audited: every row, or the sample taken
 
     @property
     def leaked_rows(self) -> int:
@@ -134,54 +139,114 @@ def impression_count(config: Config, registry: Registry, service: str, day: dt.d
 
 
 def leakage_audit(config: Config, registry: Registry, service: str, day: dt.date, output_root: Path,
-                  max_rows: int = DEFAULT_AUDIT_ROWS) -> LeakageReport:
+                  max_rows: int | None = None,
+                  batch_rows: int = AUDIT_BATCH_ROWS) -> LeakageReport:
     """Prove every feature value of the written day could only come from the row's past.
 
     For each point-in-time view: a row with any non-null feature must match (key and
     every feature value) some source row with timestamp < t and >= t - ttl. For each
     rolling list: every id, counted with multiplicity, must be a row of the entity in
     [t - window, t). For each rolling count: the count may not exceed the rows in that
-    window. Up to `max_rows` output rows are audited (a repeatable reservoir sample above).
+    window.
+
+    Every row is audited, streamed from the day's files `batch_rows` at a time, so memory
+    holds the sources the rules read and one batch. `max_rows` opts into a repeatable
+    reservoir sample of that many rows when the day is larger (the report says which).
     """
     svc = registry.service(service)
     spine = registry.view(svc.spine.view)
     written = written_day(output_root, day)
     if written.rows == 0:
         return LeakageReport(day=day, output_rows=0, audited_rows=0)
-    aggs = {a.name: a for a in config.aggregations.aggregation_specs}
+    aggs = {a: aggregation_spec(svc, a, config) for a in svc.aggregations}
     t = _q(spine.timestamp_field)
     pit = [(registry.view(v), [f for vv, f in svc.feature_refs() if vv == v])
            for v in svc.feature_views()]
     needed = {spine.timestamp_field}
     for view, feats in pit:
         needed |= {e.name for e in view.entities} | set(feats)
-    for name in svc.aggregations:
-        needed |= {name, aggs[name].entity}
+    for name, spec in aggs.items():
+        needed |= {name, spec.entity}
     cols = [c for c in written.columns if c in needed]
-    sample = (f" USING SAMPLE reservoir({int(max_rows)} ROWS) REPEATABLE (7)"
-              if written.rows > max_rows else "")
-    findings: list[Finding] = []
+    sampled = max_rows is not None and written.rows > max_rows
+    totals: dict[int, Finding] = {}
+    audited = 0
     with _connect(config) as con:
-        con.execute(f"CREATE TEMP TABLE audited AS SELECT row_number() OVER () AS rid, * FROM"
-                    f" (SELECT {', '.join(map(_q, cols))} FROM read_parquet($files,"
-                    f" hive_partitioning = false){sample})",
-                    {"files": [str(f) for f in written.files]})
-        audited = con.execute("SELECT count(*) FROM audited").fetchone()[0]
+        # Build every join's hash table on the source (the right side as written): the
+        # optimizer, misjudging an unnest's row count, would build it on the listed ids.
+        con.execute("SET disabled_optimizers = 'build_side_probe_side'")
+        rules: list[Callable[[], Finding]] = []
         for view, feats in pit:
-            findings.append(_audit_point_in_time(con, view, feats, t, config, day))
-        for name in svc.aggregations:
-            spec = aggs[name]
+            table = _source_table(con, config, view, _ttl_start(view, day), day)
+            rules.append(functools.partial(_audit_point_in_time, con, table, view, feats, t))
+        for name, spec in aggs.items():
             view = registry.view(spec.view)
             window = parse_duration(spec.window)
-            table = f"src_{view.name}_{name}"
-            _register_source(con, table, view, source_files(config, view, day - window, day))
-            if spec.function == "last_n_list":
-                findings.append(_audit_list(con, table, view, name, spec.entity, spec.column,
-                                            t, window))
-            else:
-                findings.append(_audit_count(con, table, view, name, spec.entity, t, window))
+            table = _source_table(con, config, view, day - window, day)
+            audit = _audit_list if spec.function == "last_n_list" else _audit_count
+            args = (spec.column,) if spec.function == "last_n_list" else ()
+            rules.append(functools.partial(audit, con, table, view, name, spec.entity, *args,
+                                           t, window))
+        batches = (_sample(con, written.files, cols, int(max_rows)) if sampled
+                   else _batches(con, written.files, cols, batch_rows))
+        for rows in batches:
+            audited += rows
+            for i, rule in enumerate(rules):
+                found = rule()
+                so_far = totals.get(i)
+                totals[i] = found if so_far is None else dataclasses.replace(
+                    so_far, checked_rows=so_far.checked_rows + found.checked_rows,
+                    leaked_rows=so_far.leaked_rows + found.leaked_rows,
+                    examples=(so_far.examples + found.examples)[:EXAMPLES])
+    sample = (f"repeatable reservoir sample of {audited:,} of {written.rows:,} rows"
+              f" (max_rows={max_rows:,})" if sampled else f"every row ({audited:,})")
     return LeakageReport(day=day, output_rows=written.rows, audited_rows=audited,
-                         findings=tuple(findings))
+                         findings=tuple(totals[i] for i in range(len(rules))), sample=sample)
+
+
+def _batches(con: duckdb.DuckDBPyConnection, files: tuple[Path, ...], cols: list[str],
+             batch_rows: int) -> Iterator[int]:
+    """Fill table `audited` with the day's rows, `batch_rows` at a time (DuckDB reads only the
+    row groups a batch spans); `rid` is the row's 1-based index in the day. Yields row counts."""
+    offset = 0
+    for path in files:
+        rows = pq.read_metadata(path).num_rows
+        for start in range(0, rows, batch_rows):
+            con.execute(f"CREATE OR REPLACE TEMP TABLE audited AS SELECT"
+                        f" $offset + file_row_number + 1 AS rid, {', '.join(map(_q, cols))}"
+                        f" FROM read_parquet($file, file_row_number = true)"
+                        f" WHERE file_row_number >= $start AND file_row_number < $stop",
+                        {"offset": offset, "file": str(path), "start": start,
+                         "stop": start + batch_rows})
+            yield min(batch_rows, rows - start)
+        offset += rows
+
+
+def _sample(con: duckdb.DuckDBPyConnection, files: tuple[Path, ...], cols: list[str],
+            rows: int) -> Iterator[int]:
+    """Fill table `audited` with a repeatable reservoir sample of `rows` rows (`rid` numbers
+    the sample)."""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE audited AS SELECT row_number() OVER () AS rid, *"
+                f" FROM (SELECT {', '.join(map(_q, cols))}"
+                f" FROM read_parquet($files, hive_partitioning = false)"
+                f" USING SAMPLE reservoir({rows} ROWS) REPEATABLE (7))",
+                {"files": [str(f) for f in files]})
+    yield rows
+
+
+def _ttl_start(view: FeatureView, day: dt.date) -> dt.date | None:
+    return day - view.ttl_delta - dt.timedelta(days=1) if view.ttl_delta else None
+
+
+def _source_table(con: duckdb.DuckDBPyConnection, config: Config, view: FeatureView,
+                  first: dt.date | None, last: dt.date) -> str:
+    """The view's rows in partitions first..last as a temp table, loaded once per range."""
+    table = f"src_{view.name}_{first or 'all'}_{last}".replace("-", "")
+    exists = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = $t",
+                         {"t": table}).fetchall()[0][0]
+    if not exists:
+        _register_source(con, table, view, source_files(config, view, first, last))
+    return table
 
 
 def _window_sql(ts: str, t: str, bound: dt.timedelta | None) -> str:
@@ -190,17 +255,14 @@ def _window_sql(ts: str, t: str, bound: dt.timedelta | None) -> str:
 
 
 def _examples(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[dict[str, Any], ...]:
-    rel = con.execute(sql + " ORDER BY rid LIMIT 5")
+    rel = con.execute(sql + f" ORDER BY rid LIMIT {EXAMPLES}")
     names = [d[0] for d in rel.description]
     return tuple({k: (v.isoformat() if hasattr(v, "isoformat") else v)
                   for k, v in zip(names, row, strict=True)} for row in rel.fetchall())
 
 
-def _audit_point_in_time(con: duckdb.DuckDBPyConnection, view: FeatureView, feats: list[str],
-                         t: str, config: Config, day: dt.date) -> Finding:
-    table = f"src_{view.name}"
-    first = day - view.ttl_delta - dt.timedelta(days=1) if view.ttl_delta else None
-    _register_source(con, table, view, source_files(config, view, first, day))
+def _audit_point_in_time(con: duckdb.DuckDBPyConnection, table: str, view: FeatureView,
+                         feats: list[str], t: str) -> Finding:
     keys = [e.name for e in view.entities]
     ts = _q(view.timestamp_field)
     on = " AND ".join([f"s.{_q(k)} = o.{_q(k)}" for k in keys]
@@ -208,10 +270,9 @@ def _audit_point_in_time(con: duckdb.DuckDBPyConnection, view: FeatureView, feat
                       + [_window_sql(ts, t, view.ttl_delta)])
     with_values = " OR ".join(f"o.{_q(f)} IS NOT NULL" for f in feats)
     con.execute(f"CREATE OR REPLACE TEMP TABLE leaked AS SELECT o.* FROM audited o"
-                f" WHERE ({with_values}) AND NOT EXISTS"
-                f" (SELECT 1 FROM {_q(table)} s WHERE {on})")
-    checked = con.execute(f"SELECT count(*) FROM audited o WHERE {with_values}").fetchone()[0]
-    leaked = con.execute("SELECT count(*) FROM leaked").fetchone()[0]
+                f" ANTI JOIN {_q(table)} s ON {on} WHERE {with_values}")
+    checked = con.execute(f"SELECT count(*) FROM audited o WHERE {with_values}").fetchall()[0][0]
+    leaked = con.execute("SELECT count(*) FROM leaked").fetchall()[0][0]
     shown = ", ".join(["rid", t, *map(_q, keys), *map(_q, feats)])
     window = f"in [t - {view.ttl}, t)" if view.ttl else "before t"
     rule = f"values match a {view.name} row with {view.timestamp_field} {window}"
@@ -221,21 +282,36 @@ def _audit_point_in_time(con: duckdb.DuckDBPyConnection, view: FeatureView, feat
 
 def _audit_list(con: duckdb.DuckDBPyConnection, table: str, view: FeatureView, name: str,
                 entity: str, column: str, t: str, window: dt.timedelta) -> Finding:
+    """Lists without a repeated id need each id visible once: an anti join, no grouping. The
+    few with a repeat (or a null) count each id's copies against its visible rows."""
     ts, e, c, n = _q(view.timestamp_field), _q(entity), _q(column), _q(name)
+    visible = f"s.{e} = o.{e} AND s.{c} = o.item AND {_window_sql(ts, t, window)}"
+    # A list repeats an id where the id's first position is before its own (cheaper than
+    # list_unique or a group by).
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE repeats AS SELECT DISTINCT rid FROM (
+            SELECT rid, {n} AS items, unnest({n}) AS item, generate_subscripts({n}, 1) AS pos
+            FROM audited WHERE len({n}) > 1)
+        WHERE list_position(items, item) < pos""")
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE leaked AS
-        WITH listed AS (
-            SELECT rid, {e}, {t}, unnest({n}) AS item FROM audited WHERE len({n}) > 0),
+        WITH single AS (
+            SELECT rid, {e}, {t}, unnest({n}) AS item FROM audited
+            ANTI JOIN repeats USING (rid) WHERE len({n}) > 0),
+        repeated AS (
+            SELECT rid, {e}, {t}, unnest({n}) AS item FROM audited SEMI JOIN repeats USING (rid)),
         wanted AS (
-            SELECT rid, {e}, {t}, item, count(*) AS copies FROM listed GROUP BY ALL),
+            SELECT rid, {e}, {t}, item, count(*) AS copies FROM repeated GROUP BY ALL),
         found AS (
             SELECT o.rid, o.item, o.copies, count(s.{ts}) AS visible
-            FROM wanted o LEFT JOIN {_q(table)} s
-              ON s.{e} = o.{e} AND s.{c} = o.item AND {_window_sql(ts, t, window)}
+            FROM wanted o LEFT JOIN {_q(table)} s ON {visible}
             GROUP BY ALL)
+        SELECT o.rid, o.item, 1::BIGINT AS copies, 0::BIGINT AS visible
+        FROM single o ANTI JOIN {_q(table)} s ON {visible}
+        UNION ALL
         SELECT rid, item, copies, visible FROM found WHERE visible < copies""")
-    checked = con.execute(f"SELECT count(*) FROM audited WHERE len({n}) > 0").fetchone()[0]
-    leaked = con.execute("SELECT count(DISTINCT rid) FROM leaked").fetchone()[0]
+    checked = con.execute(f"SELECT count(*) FROM audited WHERE len({n}) > 0").fetchall()[0][0]
+    leaked = con.execute("SELECT count(DISTINCT rid) FROM leaked").fetchall()[0][0]
     return Finding(group=name, rule=f"each id is a {view.name} row of the {entity} in"
                    f" [t - {window.days}d, t)", checked_rows=checked, leaked_rows=leaked,
                    examples=_examples(con, "SELECT * FROM leaked") if leaked else ())
@@ -243,17 +319,28 @@ def _audit_list(con: duckdb.DuckDBPyConnection, table: str, view: FeatureView, n
 
 def _audit_count(con: duckdb.DuckDBPyConnection, table: str, view: FeatureView, name: str,
                  entity: str, t: str, window: dt.timedelta) -> Finding:
+    """Rows of the entity in [t - window, t) = rows before t - rows before t - window: two
+    as-of lookups into the source's running count per entity, no join fan-out."""
     ts, e, n = _q(view.timestamp_field), _q(entity), _q(name)
+    lower = f"o.{t} - to_microseconds({int(window / dt.timedelta(microseconds=1))})"
+    running = f"running_{table}"
+    con.execute(f"""
+        CREATE TEMP TABLE IF NOT EXISTS {_q(running)} AS
+        SELECT {e}, {ts}, count(*) OVER (PARTITION BY {e} ORDER BY {ts}) AS upto
+        FROM {_q(table)}""")
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE leaked AS
-        WITH found AS (
-            SELECT o.rid, o.{n} AS reported, count(s.{ts}) AS visible
-            FROM (SELECT rid, {e}, {t}, {n} FROM audited WHERE {n} > 0) o
-            LEFT JOIN {_q(table)} s ON s.{e} = o.{e} AND {_window_sql(ts, t, window)}
-            GROUP BY ALL)
-        SELECT * FROM found WHERE reported > visible""")
-    checked = con.execute(f"SELECT count(*) FROM audited WHERE {n} > 0").fetchone()[0]
-    leaked = con.execute("SELECT count(*) FROM leaked").fetchone()[0]
+        WITH o AS (SELECT rid, {e}, {t}, {lower} AS since, {n} AS reported
+                   FROM audited o WHERE {n} > 0),
+        before_t AS (
+            SELECT o.*, coalesce(s.upto, 0) AS upto_t FROM o
+            ASOF LEFT JOIN {_q(running)} s ON s.{e} = o.{e} AND s.{ts} < o.{t}),
+        counted AS (
+            SELECT o.*, o.upto_t - coalesce(s.upto, 0) AS visible FROM before_t o
+            ASOF LEFT JOIN {_q(running)} s ON s.{e} = o.{e} AND s.{ts} < o.since)
+        SELECT rid, reported, visible FROM counted WHERE reported > visible""")
+    checked = con.execute(f"SELECT count(*) FROM audited WHERE {n} > 0").fetchall()[0][0]
+    leaked = con.execute("SELECT count(*) FROM leaked").fetchall()[0][0]
     return Finding(group=name, rule=f"count <= {view.name} rows of the {entity} in"
                    f" [t - {window.days}d, t)", checked_rows=checked, leaked_rows=leaked,
                    examples=_examples(con, "SELECT * FROM leaked") if leaked else ())

@@ -48,15 +48,19 @@ def training_checks(service: str, asset: dg.AssetsDefinition) -> list[dg.AssetCh
 
         @dg.asset_check(asset=asset, name="no_future_feature_values", blocking=True,
                         partitions_def=daily_partitions,
-                        description="Leakage audit: every feature value is explained by a source"
-                                    " row strictly before the impression (and within TTL/window).")
+                        description="Leakage audit: every feature value of every row is explained"
+                                    " by a source row strictly before the impression (and within"
+                                    " TTL/window); `audited` says if a sample was asked for.")
         def no_leakage(context: dg.AssetCheckExecutionContext,
                        cfg: DaedalusConfig) -> dg.AssetCheckResult:
             config, registry, day = cfg.load_config(), cfg.load_registry(), _day(context)
             report = leakage_audit(config, registry, service, day,
-                                   _final_root(config, registry, service))
+                                   _final_root(config, registry, service),
+                                   max_rows=cfg.audit_max_rows)
             metadata: dict = {"output_rows": report.output_rows,
                               "audited_rows": report.audited_rows,
+                              "audited": report.sample,
+                              "sampled": report.audited_rows < report.output_rows,
                               "leaked_rows": report.leaked_rows,
                               "partition": context.partition_key}
             for f in report.findings:

@@ -41,6 +41,8 @@ class DaedalusConfig(dg.ConfigurableResource):
         ray_memory_gb: Ray memory budget in GiB; None keeps runtime.yaml.
         ray_object_store_gb: Ray object store in GiB; None keeps runtime.yaml.
         ray_address: An existing Ray cluster; None uses `RAY_ADDRESS` or a local Ray.
+        audit_max_rows: The leakage check audits every row of the day; a number opts into a
+            repeatable sample of at most that many rows (the check's metadata says which).
     """
 
     base_config_path: str = "config/base.yaml"
@@ -57,6 +59,7 @@ class DaedalusConfig(dg.ConfigurableResource):
     ray_memory_gb: float | None = Field(default=None, gt=0)
     ray_object_store_gb: float | None = Field(default=None, gt=0)
     ray_address: str | None = None
+    audit_max_rows: int | None = Field(default=None, gt=0)
 
     def load_config(self) -> Config:
         """The engine config with this resource's overrides applied and checked."""
