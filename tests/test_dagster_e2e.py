@@ -31,6 +31,7 @@ import pytest
 from daedalus.defs import DaedalusConfig, build_defs
 from daedalus.defs.agent import materialize_day
 from daedalus.errors import DaedalusError
+from daedalus.manifest import read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINING = dg.AssetKey("dssm_ranking_training")
@@ -166,6 +167,24 @@ def test_one_partition_through_the_job_writes_the_day_with_its_metadata(material
     written = pq.ParquetDataset(enriched).read(columns=["artwork_id"])
     assert written.num_rows == expected
 
+    # Both stages' manifests: the files each read (fingerprinted) and the files each wrote.
+    skeleton_manifest = read_manifest(demo.output_root / f"dt={DAYS[0]}")
+    enriched_manifest = read_manifest(enriched)
+    assert meta["skeleton_manifest_inputs"] == skeleton_manifest["fingerprint"]["inputs"]
+    assert set(meta["skeleton_manifest_inputs"]) >= {"feed_impressions", "user_profile",
+                                                     "artwork_stats", "user_likes"}
+    assert meta["skeleton_manifest_inputs"]["feed_impressions"][0][0] == (
+        f"feed_impressions/dt={DAYS[0]}/part-0.parquet")
+    assert meta["skeleton_manifest_files"] == skeleton_manifest["files"]
+    assert sorted(meta["skeleton_manifest_files"]) == sorted(
+        p.name for p in (demo.output_root / f"dt={DAYS[0]}").glob("*.parquet"))
+    assert meta["enriched_manifest_inputs"] == enriched_manifest["fingerprint"]["inputs"]
+    assert "skeleton" in meta["enriched_manifest_inputs"]
+    assert any(k.startswith("store:") for k in meta["enriched_manifest_inputs"])
+    assert meta["enriched_manifest_files"] == enriched_manifest["files"]
+    assert sorted(meta["enriched_manifest_files"]) == sorted(
+        p.name for p in enriched.glob("*.parquet"))
+
     assert materialized.instance.get_materialized_partitions(TRAINING) == {DAYS[0]}
     run = materialized.instance.get_run_by_id(result.run_id)
     assert run.status == dg.DagsterRunStatus.SUCCESS and run.tags["dagster/partition"] == DAYS[0]
@@ -184,6 +203,7 @@ def test_one_partition_runs_its_checks_and_they_pass(materialized):
     assert rows["output_rows"] == rows["impressions"] == expected
     leakage = meta["no_future_feature_values"]
     assert leakage["audited_rows"] == expected and leakage["leaked_rows"] == 0
+    assert leakage["audited"] == f"every row ({expected:,})" and leakage["sampled"] is False
     assert leakage["user_profile: checked_rows"] > 0
     assert leakage["like_artwork_ids_7d: checked_rows"] > 0
 

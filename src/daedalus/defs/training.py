@@ -130,6 +130,8 @@ def enrich_stage(context: dg.OpExecutionContext, cfg: DaedalusConfig, pipeline: 
         planned[0].reason if planned else "no enrichment")
     manifest = read_manifest(day_path(root, day)) or {}
     fingerprint = manifest.get("fingerprint", {})
+    skeleton_manifest = read_manifest(Path(skeleton["output_path"])) or {}
+    enriched_manifest = manifest if pipeline.has_enrichment else {}
     metadata = {
         "rows": written.rows,
         "columns": list(written.columns),
@@ -149,6 +151,14 @@ def enrich_stage(context: dg.OpExecutionContext, cfg: DaedalusConfig, pipeline: 
         "manifest_config_hash": fingerprint.get("config", ""),
         "manifest_operators": dg.MetadataValue.json(fingerprint.get("operators", {})),
         "manifest_timings": dg.MetadataValue.json(manifest.get("timings", {})),
+        # What each stage's manifest says it read ([file, size, mtime_ns] per source; the
+        # enriched day: its skeleton day and store versions) and the files it wrote.
+        "skeleton_manifest_inputs": dg.MetadataValue.json(
+            skeleton_manifest.get("fingerprint", {}).get("inputs", {})),
+        "skeleton_manifest_files": dg.MetadataValue.json(skeleton_manifest.get("files", [])),
+        "enriched_manifest_inputs": dg.MetadataValue.json(
+            enriched_manifest.get("fingerprint", {}).get("inputs", {})),
+        "enriched_manifest_files": dg.MetadataValue.json(enriched_manifest.get("files", [])),
         "dagster/row_count": written.rows,
     }
     version = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
