@@ -312,10 +312,13 @@ def main() -> None:
     runs = []
     for i in range(args.repeat):
         run = measured_run(args)
-        log(f"run {i + 1}: {run['rows']:,} rows in {run['stage_s']:.1f}s"
+        extra = "".join(f"; {label} {run[key]:.1f}s" for key, label in (
+            ("ray_start_s", "ray start"), ("warm_stage_s", "warm day"), ("preload_s", "preload"),
+            ("cpu_s", "cpu")) if key in run)
+        log(f"run {i + 1} ({run['mode']}): {run['rows']:,} rows in {run['stage_s']:.1f}s"
             f" ({run['rows_per_s']:,.0f} rows/s), floor {run['floor_s']:.1f}s"
-            f" → {run['x_floor']:.2f}x floor; peak {run['peak_pss_gib']:.2f} GiB (PSS, tree);"
-            f" ray start {run['ray_start_s']:.1f}s; load {run['load_before']}→{run['load_after']}")
+            f" → {run['x_floor']:.2f}x floor; peak {run['peak_pss_gib']:.2f} GiB (PSS, tree)"
+            f"{extra}; load {run['load_before']}→{run['load_after']}")
         runs.append(run)
     result = {"runs": runs, "kernel": kernel(log) if args.kernel else None,
               "cpus": os.cpu_count(), "command": " ".join(["uv run python bench/enrich.py",

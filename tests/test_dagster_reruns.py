@@ -6,6 +6,7 @@ import os
 import shutil
 
 import dagster as dg
+import pyarrow.parquet as pq
 import pytest
 from test_dagster_e2e import _make_project
 
@@ -51,3 +52,13 @@ def test_rerun_of_a_stale_partition_recomputes_and_says_so(tmp_path):
     assert stale["reason"].startswith("user_likes changed since last run")
     assert stale["enrich_recomputed"] is True
     assert v3 != v2
+
+    # Every impression of the day withdrawn: the rerun retires the day and says so.
+    impressions = next((sources / "feed_impressions" / f"dt={DAY}").glob("*.parquet"))
+    table = pq.read_table(impressions)
+    pq.write_table(table.slice(0, 0), impressions.with_suffix(".tmp"))
+    os.replace(impressions.with_suffix(".tmp"), impressions)
+    gone, _ = _materialization(job.execute_in_process(partition_key=DAY, instance=instance))
+    assert gone["recomputed"] is True and gone["skeleton_recomputed"] is True
+    assert gone["rows"] == 0 and "empty" in gone["status"]
+    assert not (demo.output_root / f"dt={DAY}").exists()

@@ -90,7 +90,7 @@ def skeleton_stage(context: dg.OpExecutionContext, cfg: DaedalusConfig,
                            progress=context.log.info)
     written = written_day(summary.output_root, day)
     statuses = sorted({r.status for r in summary.results})
-    recomputed = planned.state == "run" and "written" in statuses
+    recomputed = planned.state == "run" and bool({"written", "empty"} & set(statuses))
     context.add_output_metadata({
         "rows": written.rows,
         "output_path": dg.MetadataValue.path(str(written.path)),
@@ -124,7 +124,8 @@ def enrich_stage(context: dg.OpExecutionContext, cfg: DaedalusConfig, pipeline: 
     embedding_columns = [e.name for op in pipeline.of_kind("RayUdfTransform")
                          for e in op.enrichments if e.name in written.columns]
     statuses = sorted({r.status for r in summary.results if r.stage == "enrich"})
-    enrich_recomputed = bool(planned) and planned[0].state == "run" and "written" in statuses
+    enrich_recomputed = (bool(planned) and planned[0].state == "run"
+                         and bool({"written", "empty"} & set(statuses)))
     recomputed = skeleton["recomputed"] or enrich_recomputed
     reason = skeleton["reason"] if skeleton["recomputed"] else (
         planned[0].reason if planned else "no enrichment")
