@@ -475,29 +475,6 @@ def day_table(files: list[Path], enrichments: list[Enrichment], store: dict) -> 
     return StoreReader(**store).table(unique_ids(np.concatenate(parts)))
 
 
-def _preload_task(files: list[str], enrichments: list[dict], store: dict):
-    """`day_table` as a Ray task: (ids, matrix) land in the object store, never on the driver."""
-    table = day_table([Path(f) for f in files], [Enrichment(**e) for e in enrichments], store)
-    return table.ids, table.matrix
-
-
-def _raise_preload_failure(refs: list, day: dt.date) -> None:
-    """A failed preload shows up as the actors' failure to start; name the real cause."""
-    import ray
-
-    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0) if refs else ([], [])
-    for ref in ready:
-        try:
-            ray.get(ref)
-        except ray.exceptions.RayTaskError as exc:
-            cause = exc.cause if exc.cause is not None else exc
-            if isinstance(cause, DaedalusError):
-                raise DaedalusError(str(cause)) from None
-            raise DaedalusError(f"enrich {day}: loading the day's embeddings failed:"
-                                f" {type(cause).__name__}: {cause} (fix: check the store with"
-                                " `daeda store info`, or rerun)") from None
-
-
 def actor_cpus(envelope: RayEnvelope) -> float:
     """CPUs each actor asks for: one, unless the pool would leave no room for one read/write
     task (a pool holding every CPU deadlocks the stream); then an equal share of the rest."""
@@ -635,14 +612,14 @@ def _enrich_day(plan: EnrichPlan, config: Config, day: dt.date, files: list[Path
                             "columns": plan.columns, "preloaded": {}, "readers": {}}
     refs = []
     if envelope.preload_day_embeddings:
-        # A task, not the driver: the actors start (seconds of imports) while it reads, and
-        # their constructors wait on its results, which are shared zero-copy.
-        preload = ray.remote(num_returns=2, num_cpus=IO_TASK_CPUS, max_retries=0)(_preload_task)
         for store in plan.stores:
-            mine = [e.__dict__ for e in plan.enrichments if e.store == store]
-            pair = tuple(preload.remote([str(f) for f in files], mine, stores[store]))
+            table = day_table(files, [e for e in plan.enrichments if e.store == store],
+                              stores[store])
+            pair = (ray.put(table.ids), ray.put(table.matrix))
             refs += pair
             spec["preloaded"][store] = pair
+            del table
+        timings["preload"] = time.perf_counter() - started
     else:
         spec["readers"] = stores
 
@@ -666,15 +643,11 @@ def _enrich_day(plan: EnrichPlan, config: Config, day: dt.date, files: list[Path
                                 fn_constructor_kwargs={"spec": spec},
                                 num_cpus=actor_cpus(envelope),
                                 udf_modifying_row_count=False, max_restarts=0)
-        try:
-            ds.write_parquet(str(staging), filename_provider=_filename_provider(),
-                             mode=SaveMode.OVERWRITE,
-                             compression=plan.sink.compression, use_dictionary=plain,
-                             write_statistics=plain, ray_remote_args={"num_cpus": IO_TASK_CPUS})
-        except Exception:
-            _raise_preload_failure(refs, day)
-            raise
-        timings["ray"] = time.perf_counter() - started
+        ds.write_parquet(str(staging), filename_provider=_filename_provider(),
+                         mode=SaveMode.OVERWRITE,
+                         compression=plan.sink.compression, use_dictionary=plain,
+                         write_statistics=plain, ray_remote_args={"num_cpus": IO_TASK_CPUS})
+        timings["ray"] = time.perf_counter() - started - timings.get("preload", 0.0)
         parts = sorted((p.name for p in staging.glob("*.parquet")), key=lambda n: _natural(Path(n)))
         written = sum(pq.ParquetFile(staging / p).metadata.num_rows for p in parts)
         if written != rows:
