@@ -11,10 +11,12 @@ every case with the test that exercises it.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import re
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,9 +25,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from reliability import D2, Workspace, demo_sources, workspace
+from reliability import D1, D2, REPO, Workspace, demo_sources, workspace
 
 from daedalus.cli import main
+from daedalus.compiler import compile_service, override_path
+from daedalus.config import load_config
+from daedalus.days import LOCK_DIR
+from daedalus.registry import load_registry
 
 TS = pa.timestamp("us", tz="UTC")
 DIM = 1152
@@ -37,10 +43,15 @@ def demo(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def ws(tmp_path, demo, monkeypatch) -> Workspace:
+def ws(tmp_path, demo, monkeypatch) -> Iterator[Workspace]:
     for name in ("DAEDALUS_SOURCES_ROOT", "DAEDALUS_STORE_ROOT", "RAY_ADDRESS"):
         monkeypatch.delenv(name, raising=False)
-    return workspace(tmp_path / "ws", demo, copy_sources=True)
+    yield workspace(tmp_path / "ws", demo, copy_sources=True)
+    while HELD_LOCKS:
+        os.close(HELD_LOCKS.pop())
+
+
+HELD_LOCKS: list[int] = []  # day locks a case holds "for another run"; closed after the case
 
 
 # -- ways to break things -----------------------------------------------------------------------
@@ -98,6 +109,8 @@ class Case:
     expect: tuple[str, ...]
     store_may_exist: bool = False
     argv: Callable | None = field(default=None)
+    absent: tuple[str, ...] = ()  # substrings the error line must not hold (secrets)
+    check: Callable | None = None  # `check(ws)`: more that must not have been written
 
 
 def _runtime(ws, old, new):
@@ -116,6 +129,86 @@ def _write(relative: str, text: str) -> Callable:
 
 def _lineage(name: str) -> Callable:
     return lambda ws: ["lineage", name, *ws.flags()]
+
+
+def _hand_edited_dag(old: str, new: str, count: int = -1) -> Callable:
+    """A setup that compiles the service and saves it, with `old` replaced by `new`, as the
+    hand-edited DAG `config/pipelines/dssm_ranking.yaml`."""
+
+    def setup(ws, mp):
+        p = ws.project
+        config = load_config(p / BASE, p / RUNTIME, p / AGGREGATIONS)
+        registry = load_registry(p / "feature_views", p / "feature_services")
+        text = compile_service(registry, "dssm_ranking", config).to_yaml()
+        assert old in text, old
+        override_path("dssm_ranking", p / "config/pipelines").write_text(
+            text.replace(old, new, count))
+        return []
+
+    return setup
+
+
+def _hold_day_lock(ws, mp) -> list[str]:
+    """Another run holds the day's lock (a second open file description, as another process
+    would have) and has written its pid there."""
+    lock_dir = ws.out / LOCK_DIR
+    lock_dir.mkdir(parents=True)
+    fd = os.open(lock_dir / f"dt={D1}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.pwrite(fd, b"pid 4242", 0)
+    HELD_LOCKS.append(fd)
+    return ["--skeleton-only", "--target-date", str(D1)]
+
+
+PWNED = "pwned"
+
+
+def _python_tag(relative: str, key: str) -> Callable:
+    """A setup that sets `key` in one YAML file to a `!!python/...` tag that would touch a file."""
+
+    def setup(ws, mp):
+        payload = f'!!python/object/apply:os.system ["touch {ws.root / PWNED}"]'
+        path = ws.project / relative
+        text = path.read_text()
+        if re.search(rf"^{key}:.", text, flags=re.M):
+            path.write_text(re.sub(rf"^{key}:.*$", f"{key}: {payload}", text, count=1, flags=re.M))
+        else:  # a key whose value is a block: add the tagged key in front of the others
+            path.write_text(f"{key}_x: {payload}\n{text}")
+        return ["--skeleton-only"]
+
+    return setup
+
+
+def _not_pwned(ws) -> None:
+    assert not (ws.root / PWNED).exists()
+
+
+SECRET = "hunter2-9c1e"
+
+
+def _demo_data_over_foreign_sources(ws, mp) -> list[str]:
+    (ws.root / "mine" / "feed_impressions").mkdir(parents=True)
+    (ws.root / "mine" / "feed_impressions" / "notes.txt").write_text("mine")
+    return []
+
+
+def _foreign_sources_untouched(ws) -> None:
+    files = sorted(str(p.relative_to(ws.root / "mine")) for p in (ws.root / "mine").rglob("*"))
+    assert files == ["feed_impressions", "feed_impressions/notes.txt"], files
+
+
+def _materialize_day(service: str, date: str) -> Callable:
+    return lambda ws: ["materialize-day", service, date]
+
+
+def _dagster_home(ws, mp) -> list[str]:
+    mp.setenv("DAGSTER_HOME", str(ws.root / "dagster_home"))
+    mp.chdir(REPO)  # `daeda materialize-day` loads the project's definitions from the root
+    return []
+
+
+def _no_dagster_home(ws) -> None:
+    assert not (ws.root / "dagster_home").exists()
 
 
 AGGREGATIONS = "config/training/aggregations.yaml"
@@ -164,6 +257,26 @@ CASES = [
           "DAEDALUS_STORE_ROOT")),
     Case("unknown_store_name", None, ("no store named 'nope'",),
          argv=lambda ws: ["store", "build", "--name", "nope", *ws.flags()]),
+    Case("credentials_in_a_ray_address",
+         lambda ws, mp: ["--enrich-only", "--ray-address",
+                         f"ray://alice:{SECRET}@127.0.0.1:{free_port()}"],
+         ("ray address: nothing answers at ray://***@127.0.0.1:",), absent=(SECRET, "alice")),
+    Case("a_day_another_run_is_writing", _hold_day_lock,
+         (f"out/dt={D1}: day {D1} is being written by pid 4242",
+          "wait for that run to finish")),
+    Case("lineage_of_an_unknown_name", None, ("nothing",), argv=_lineage("nothing")),
+    Case("demo_data_over_sources_it_did_not_write", _demo_data_over_foreign_sources,
+         ("mine",), argv=lambda ws: ["demo-data", "--root", str(ws.root / "mine")],
+         check=_foreign_sources_untouched),
+    Case("materialize_day_date_unparseable", _dagster_home,
+         ("materialize-day: DATE '2026-13-01' is not a date", "YYYY-MM-DD"),
+         argv=_materialize_day("dssm_ranking", "2026-13-01"), check=_no_dagster_home),
+    Case("materialize_day_outside_the_partitions", _dagster_home,
+         ("materialize-day: DATE 2026-01-31 is not a partition",),
+         argv=_materialize_day("dssm_ranking", "2026-01-31"), check=_no_dagster_home),
+    Case("materialize_day_unknown_service", _dagster_home,
+         ("materialize-day: no training asset for service 'nope'", "dssm_ranking"),
+         argv=_materialize_day("nope", "2026-02-01"), check=_no_dagster_home),
     # -- the YAML ------------------------------------------------------------------------------
     Case("malformed_view_yaml",
          lambda ws, mp: (ws.project / "feature_views/user_profile.yaml").write_text(
@@ -212,6 +325,61 @@ CASES = [
          ("runtime.yaml", "expected a mapping at the top level, got list")),
     Case("base_config_not_a_mapping", _write(BASE, "just text\n"),
          ("base.yaml", "expected a mapping at the top level, got str")),
+    # -- runtime.yaml (catalogue row 19; row 20 is feed_end_before_feed_start) ----------------
+    Case("runtime_malformed_yaml", _edit(RUNTIME, "feed_start: 2026-02-01", "feed_start: [oops"),
+         ("runtime.yaml", "malformed YAML at line")),
+    Case("runtime_feed_start_not_a_date",
+         _edit(RUNTIME, "feed_start: 2026-02-01", "feed_start: 2026-13-01"),
+         ("runtime.yaml", "feed_start")),
+    Case("runtime_day_workers_zero", _edit(RUNTIME, "day_workers: 1", "day_workers: 0"),
+         ("runtime.yaml", "day_workers")),
+    Case("runtime_unknown_key", _edit(RUNTIME, "day_workers: 1", "day_workers: 1\nday_wrokers: 2"),
+         ("runtime.yaml", "day_wrokers: unknown key")),
+    Case("runtime_memory_limit_unparseable", _edit(RUNTIME, "memory_limit: 3GB", "memory_limit: lots"),
+         ("runtime.yaml", "compute.duckdb_config.memory_limit")),
+    Case("runtime_threads_negative", _edit(RUNTIME, "threads: 2", "threads: -1"),
+         ("runtime.yaml", "compute.duckdb_config.threads")),
+    Case("runtime_engine_unknown", _edit(RUNTIME, "engine: duckdb", "engine: spark"),
+         ("runtime.yaml", "compute.engine")),
+    Case("runtime_ray_num_cpus_zero", _edit(RUNTIME, "num_cpus: 16", "num_cpus: 0"),
+         ("runtime.yaml", "ray.num_cpus")),
+    Case("runtime_output_column_twice",
+         _edit(RUNTIME, "  - like_count_7d\n", "  - like_count_7d\n  - like_count_7d\n"),
+         ("runtime.yaml", "more than once")),
+    Case("runtime_output_column_unknown_key",
+         _edit(RUNTIME, "{name: image_embedding, default: null}",
+               "{name: image_embedding, dflt: null}"),
+         ("runtime.yaml", "unknown keys")),
+    Case("runtime_feed_start_missing", _edit(RUNTIME, "feed_start: 2026-02-01\n", ""),
+         ("runtime.yaml", "feed_start: required key is missing")),
+    # -- a hand-edited DAG (catalogue rows 30-32) ----------------------------------------------
+    Case("dag_engine_outside_can_run_on",
+         _hand_edited_dag("engine: pythonic\n  description: Ray Data actors",
+                          "engine: sql\n  description: Ray Data actors"),
+         ("config/pipelines/dssm_ranking.yaml: operators[", "enrich_embeddings",
+          "RayUdfTransform cannot run on 'sql'", "pythonic")),
+    Case("dag_dangling_input",
+         _hand_edited_dag("- filter_spine_day\n", "- filter_spine_dya\n", 1),
+         ("config/pipelines/dssm_ranking.yaml", "'filter_spine_dya' is not an earlier operator")),
+    Case("dag_lookback_shorter_than_ttl", _hand_edited_dag("lookback: 3d", "lookback: 1d"),
+         ("scan_user_profile.lookback: 1d is shorter than the 3d",)),
+    Case("dag_point_in_time_join_without_ttl", _hand_edited_dag("  ttl: 2d\n", "  ttl: null\n"),
+         ("operators.pit_artwork_stats.ttl: a point-in-time join needs a ttl",)),
+    # -- a `!!python/...` tag in any YAML (catalogue row 55): refused, never run ---------------
+    Case("python_tag_in_runtime_yaml", _python_tag(RUNTIME, "feed_start"),
+         ("runtime.yaml", "python/object/apply"), check=_not_pwned),
+    Case("python_tag_in_base_yaml", _python_tag(BASE, "embedding_dim"),
+         ("base.yaml", "python/object/apply"), check=_not_pwned),
+    Case("python_tag_in_aggregations_yaml", _python_tag(AGGREGATIONS, "aggregation_specs"),
+         ("aggregations.yaml", "python/object/apply"), check=_not_pwned),
+    Case("python_tag_in_a_view", _python_tag("feature_views/user_likes.yaml", "name"),
+         ("user_likes.yaml", "python/object/apply"), check=_not_pwned),
+    Case("python_tag_in_a_service", _python_tag(SERVICE, "description"),
+         ("dssm_ranking.yaml", "python/object/apply"), check=_not_pwned),
+    Case("python_tag_in_a_hand_edited_dag",
+         lambda ws, mp: (ws.project / "config/pipelines/dssm_ranking.yaml").write_text(
+             f'service: !!python/object/apply:os.system ["touch {ws.root / PWNED}"]\n') and [],
+         ("config/pipelines/dssm_ranking.yaml", "python/object/apply"), check=_not_pwned),
     # -- the registry (catalogue rows 26-29) ---------------------------------------------------
     Case("unknown_view_in_service",
          _edit(SERVICE, "user_profile:country", "user_profil:country"),
@@ -393,6 +561,10 @@ def test_bad_input_is_one_line_and_writes_nothing(case: Case, ws: Workspace, mon
     assert "fix" in line, line
     for text in case.expect:
         assert text in line, (text, line)
+    for text in case.absent:
+        assert text not in err, (text, err)
+    if case.check is not None:
+        case.check(ws)
     assert seconds < 30, f"took {seconds:.0f}s to refuse"
     for root in (ws.out, ws.enriched, ws.root / "a-file"):
         assert not list(root.glob("dt=*")) if root.is_dir() else True, root

@@ -265,7 +265,9 @@ def check_sources(
     pipeline: OperatorPipeline, registry: Registry, config: Config, days: list[dt.date]
 ) -> None:
     """Every source file the days will read is checked against its view before any day runs,
-    so a bad file fails the run before it writes anything (see registry.check_source_files)."""
+    so a bad file fails the run before it writes anything (see registry.check_source_files).
+    The DAG's hand edits (lookbacks, ttls, keys) are checked here too, before the store build."""
+    SkeletonPlan.build(pipeline, config)
     for scan in pipeline.of_kind("Scan"):
         root = Path(config.base.sources_root) / scan.source
         if next(iter(root.glob("dt=*/*.parquet")), None) is None:
