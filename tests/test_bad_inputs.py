@@ -571,3 +571,51 @@ def test_bad_input_is_one_line_and_writes_nothing(case: Case, ws: Workspace, mon
     assert not list(ws.root.rglob("dt=*/_manifest.json"))
     if not case.store_may_exist:
         assert not ws.store.exists()
+
+
+def _assert_one_line(rc, err: str, *expect: str) -> str:
+    lines = _error_lines(err)
+    assert rc == 2, (rc, err)
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err and "fix" in lines[0], err
+    for text in expect:
+        assert text in lines[0], (text, lines[0])
+    return lines[0]
+
+
+def test_enrich_only_over_a_skeleton_day_missing_a_column(ws: Workspace, capsys) -> None:
+    """Row 53: the skeleton day is written by a real run, then loses a column; `--enrich-only`
+    names the file and column and writes no enriched day."""
+    assert main(ws.train("--skeleton-only", "--target-date", str(D1))) == 0
+    capsys.readouterr()
+    parts = sorted((ws.out / f"dt={D1}").glob("part-*.parquet"))
+    assert parts
+    for path in parts:
+        rewrite(path, lambda t: t.drop_columns(["like_artwork_ids_7d"]))
+    rc = main(ws.train("--enrich-only", "--target-date", str(D1)))
+    _assert_one_line(rc, capsys.readouterr().err, f"dt={D1}/part-", "like_artwork_ids_7d: column")
+    assert not list(ws.enriched.glob("dt=*")) if ws.enriched.is_dir() else True
+
+
+def test_dagster_resource_with_an_enriched_root_other_than_the_contract(ws: Workspace, monkeypatch,
+                                                                         capsys) -> None:
+    """Row 59: `daeda materialize-day` with a DaedalusConfig whose enriched_output_root is not
+    `<output_root>_enriched` names the setting and writes no day."""
+    import daedalus.defs as defs_module
+    from daedalus.defs import DaedalusConfig
+
+    p = ws.project
+    cfg = DaedalusConfig(
+        base_config_path=str(p / BASE), runtime_config_path=str(p / RUNTIME),
+        aggregation_config_path=str(p / AGGREGATIONS), feature_views_dir=str(p / "feature_views"),
+        feature_services_dir=str(p / "feature_services"),
+        pipelines_dir=str(p / "config/pipelines"), output_root=str(ws.out),
+        enriched_output_root=str(ws.root / "elsewhere"))
+    real = defs_module.build_defs
+    monkeypatch.setattr(defs_module, "build_defs", lambda cfg_=None: real(cfg))
+    monkeypatch.setenv("DAGSTER_HOME", str(ws.root / "dagster_home"))
+    rc = main(["materialize-day", "dssm_ranking", str(D1)])
+    _assert_one_line(rc, capsys.readouterr().err, "DaedalusConfig.enriched_output_root",
+                     "elsewhere", "_enriched")
+    for root in (ws.out, ws.enriched, ws.root / "elsewhere"):
+        assert not list(root.glob("dt=*")) if root.is_dir() else True, root
