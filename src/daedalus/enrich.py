@@ -522,6 +522,7 @@ def run_enrich_stage(
     envelope: RayEnvelope,
     progress: Progress = print,
     force: bool = False,
+    prepared: tuple[EnrichPlan, dict[str, dict]] | None = None,
 ) -> list[DayResult]:
     """Write `<enriched_root>/dt=YYYY-MM-DD/` for every skeleton day not already enriched.
 
@@ -529,11 +530,12 @@ def run_enrich_stage(
     a stale or incomplete one is rewritten, and `force` rewrites every day. A skeleton day
     recorded empty (no impressions) has no enriched day either: one left from before is
     retired, and the day gets its own 0-row sidecar manifest, so a rerun skips it.
+    `prepared` is `prepare_enrich`'s result when the caller has already checked the inputs.
     """
     from daedalus.days import retire_day
     from daedalus.manifest import remove_empty_manifest, write_empty_manifest
 
-    plan, stores = prepare_enrich(pipeline, config, envelope, progress)
+    plan, stores = prepared or prepare_enrich(pipeline, config, envelope, progress)
     skeleton_root = Path(skeleton_root).resolve()
     enriched_root = ensure_writable(Path(enriched_root), "enriched output root").resolve()
     sweep_staging(enriched_root)

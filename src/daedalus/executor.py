@@ -186,8 +186,8 @@ def run_pipeline(
     started = time.perf_counter()
     results: list[DayResult] = []
     progress(f"{service}: {len(days)} day(s) {days[0]}..{days[-1]}, DAG {source}")
-    _check_inputs(pipeline, registry, config, days, envelope, enrich_only, skeleton_only, progress,
-                  skeleton_root, enriched_root)
+    prepared = _check_inputs(pipeline, registry, config, days, envelope, enrich_only,
+                             skeleton_only, progress, skeleton_root, enriched_root)
     if not enrich_only:
         from daedalus.skeleton import run_skeleton_stage
 
@@ -198,15 +198,18 @@ def run_pipeline(
         from daedalus.enrich import run_enrich_stage
 
         results += run_enrich_stage(pipeline, config, days, skeleton_root, enriched_root,
-                                    envelope=envelope, progress=progress, force=force)
+                                    envelope=envelope, progress=progress, force=force,
+                                    prepared=prepared)
     return RunSummary(service=service, days=tuple(days), results=tuple(results),
                       output_root=str(skeleton_root), enriched_root=str(enriched_root),
                       pipeline_source=source, seconds=time.perf_counter() - started)
 
 
 def _check_inputs(pipeline, registry, config, days, envelope, enrich_only, skeleton_only,
-                  progress, skeleton_root, enriched_root) -> None:
-    """Bad sources, output roots, stores or Ray addresses fail here, before anything is written."""
+                  progress, skeleton_root, enriched_root):
+    """Bad sources, output roots, stores or Ray addresses fail here, before anything is written.
+    Returns the enrich stage's prepared plan and stores (None without enrichment), which the
+    stage then reuses instead of opening and checking every store again."""
     from daedalus.days import ensure_writable
 
     enrich = not skeleton_only and pipeline.has_enrichment
@@ -219,7 +222,8 @@ def _check_inputs(pipeline, registry, config, days, envelope, enrich_only, skele
         from daedalus.enrich import prepare_enrich
 
         ensure_writable(enriched_root, "enriched output root")
-        prepare_enrich(pipeline, config, envelope, progress)
+        return prepare_enrich(pipeline, config, envelope, progress)
+    return None
 
 
 def plan_pipeline(
