@@ -9,6 +9,7 @@ called on every child, so no test leaks a process whatever happens.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import json
 import os
 import shutil
@@ -155,7 +156,7 @@ class Child:
             if self.proc.poll() is not None:
                 raise AssertionError(f"daeda exited {self.proc.returncode} before pausing:\n"
                                      f"{self.stderr}")
-            if _state(self.pid) == "T":
+            if process_state(self.pid) == "T":
                 return
             time.sleep(0.05)
         stop_session(self.pid)
@@ -187,7 +188,7 @@ def _stat(pid: int) -> list[str] | None:
         return None
 
 
-def _state(pid: int) -> str | None:
+def process_state(pid: int) -> str | None:
     fields = _stat(pid)
     return fields[0] if fields else None
 
@@ -200,6 +201,51 @@ def session_pids(sid: int) -> set[int]:
         if fields and int(fields[3]) == sid and fields[0] != "Z":
             pids.add(int(entry.name))
     return pids
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid` (children, their children, ...)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        fields = _stat(int(entry.name))
+        if fields:
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def loopback(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or bool(mapped and mapped.is_loopback)
+
+
+def listening_addresses(pids: set[int]) -> set:
+    """Local addresses of the TCP sockets these processes listen on (/proc/net/tcp{,6})."""
+    inodes = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").glob("*"):
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    found = set()
+    for table, width in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A" or fields[9] not in inodes:
+                continue
+            raw = bytes.fromhex(fields[1].split(":")[0])
+            # the kernel prints each 32-bit word in host (little-endian) order
+            packed = b"".join(raw[i:i + 4][::-1] for i in range(0, width, 4))
+            found.add(ipaddress.ip_address(packed))
+    return found
 
 
 def stop_session(sid: int, grace: float = 10.0) -> None:

@@ -8,6 +8,7 @@ of 50, a null artwork_id; and several part files, so order across files is pinne
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from reliability import descendants, listening_addresses
 
 from daedalus import enrich
 from daedalus.cli import main
@@ -284,44 +286,7 @@ def test_a_skeleton_day_without_its_columns_is_a_one_line_error(planted) -> None
     assert not (tmp / "out_enriched" / "dt=2026-02-01").exists()
 
 
-def _descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def _listening(pids: set[int]) -> list[str]:
-    """Local addresses of the TCP sockets these processes listen on (from /proc/net)."""
-    inodes = set()
-    for pid in pids:
-        for fd in Path(f"/proc/{pid}/fd").glob("*"):
-            try:
-                target = os.readlink(fd)
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-    out = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A" and fields[9] in inodes:
-                out.append(fields[1].split(":")[0])
-    return out
-
-
-LOOPBACK = {"0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000"}
+LOOPBACK = {ipaddress.ip_address(a) for a in ("127.0.0.1", "::ffff:127.0.0.1", "::1")}
 
 
 def test_local_ray_listens_on_loopback_only(ray_cluster) -> None:
@@ -331,9 +296,9 @@ def test_local_ray_listens_on_loopback_only(ray_cluster) -> None:
     def pid() -> int:
         return os.getpid()
 
-    assert ray.get(pid.remote()) in _descendants(os.getpid())
-    addresses = _listening(_descendants(os.getpid()))
-    assert addresses and set(addresses) <= LOOPBACK, addresses
+    assert ray.get(pid.remote()) in descendants(os.getpid())
+    addresses = listening_addresses(descendants(os.getpid()))
+    assert addresses and addresses <= LOOPBACK, addresses
 
 
 def test_envelope_sizes_the_actor_pool() -> None:

@@ -10,8 +10,6 @@ session is killed at the end, Ray's processes included.
 
 from __future__ import annotations
 
-import ipaddress
-import os
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +23,10 @@ from reliability import (
     day_values,
     demo_sources,
     leftovers,
+    listening_addresses,
+    loopback,
     parquet_files,
+    process_state,
     read_day,
     run,
     session_pids,
@@ -171,7 +172,7 @@ def test_enrich_killed_between_days_resumes_to_the_same_values_with_other_flags(
         assert paused.kill() == KILLED
     finally:
         stop_session(paused.pid)
-    assert not [pid for pid in ray_processes if _state(pid) not in (None, "Z")]
+    assert not [pid for pid in ray_processes if process_state(pid) not in (None, "Z")]
     assert assert_only_complete_days(ws.enriched) == {D1}
 
     resumed = run(ws.train("--ray-num-cpus", "2", "--json"), logs, **env)
@@ -202,39 +203,3 @@ def store_vectors(path: Path) -> dict[int, np.ndarray]:
     table = store_rows(path)
     flat = table.column(1).combine_chunks().values.to_numpy(zero_copy_only=False)
     return dict(zip(table.column(0).to_pylist(), flat.reshape(table.num_rows, -1), strict=True))
-
-
-def _state(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return None
-
-
-def loopback(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    mapped = getattr(address, "ipv4_mapped", None)
-    return address.is_loopback or bool(mapped and mapped.is_loopback)
-
-
-def listening_addresses(pids: set[int]) -> set:
-    """Local addresses of the TCP sockets these processes listen on (/proc/net/tcp{,6})."""
-    inodes = set()
-    for pid in pids:
-        for fd in Path(f"/proc/{pid}/fd").glob("*"):
-            try:
-                target = os.readlink(fd)
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-    found = set()
-    for table, width in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] != "0A" or fields[9] not in inodes:
-                continue
-            raw = bytes.fromhex(fields[1].split(":")[0])
-            # the kernel prints each 32-bit word in host (little-endian) order
-            packed = b"".join(raw[i:i + 4][::-1] for i in range(0, width, 4))
-            found.add(ipaddress.ip_address(packed))
-    return found
