@@ -91,7 +91,7 @@ def child(args: argparse.Namespace) -> None:
 
     config, _, pipeline = load()
     if args.io_cpus:
-        enrich.IO_TASK_CPUS = args.io_cpus
+        enrich.WRITE_TASK_CPUS = args.io_cpus
     envelope = RayEnvelope.from_settings(config.runtime.ray, num_workers=args.num_workers,
                                          preload_day_embeddings=not args.no_preload)
     shutil.rmtree(ENRICHED, ignore_errors=True)
@@ -297,7 +297,7 @@ def main() -> None:
                         help="before each run, wait until the 1-min load average is below this")
     parser.add_argument("--patience", type=float, default=600, help="longest wait, seconds")
     parser.add_argument("--io-cpus", type=float, default=None,
-                        help="CPUs per Ray Data read/write task (default: the stage's)")
+                        help="CPUs per Ray Data write task (default: the stage's)")
     parser.add_argument("--warm", action="store_true",
                         help="also enrich the day a second time in the same process (--force)")
     parser.add_argument("--single-process", action="store_true",

@@ -308,10 +308,10 @@ def test_envelope_sizes_the_actor_pool() -> None:
     assert RayEnvelope(num_cpus=16, num_workers=40).actor_pool_size() == 15
     clamped = RayEnvelope(num_cpus=10_000).clamped_to_machine()
     assert clamped.num_cpus == os.cpu_count() and clamped.notes
-    for cpus in (1, 2, 3, 16):      # the actors always leave room for a read/write task
+    for cpus in (1, 2, 3, 16):      # the actors always leave room for a write task
         envelope = RayEnvelope(num_cpus=cpus)
         held = enrich.actor_cpus(envelope) * envelope.actor_pool_size()
-        assert held + enrich.IO_TASK_CPUS <= cpus
+        assert held + enrich.WRITE_TASK_CPUS <= cpus
     assert enrich.actor_cpus(RayEnvelope(num_cpus=2)) == 1.0
 
 

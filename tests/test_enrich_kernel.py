@@ -8,11 +8,15 @@ import pytest
 
 from daedalus.avg_pool import (
     EmbeddingTable,
+    expand_dictionary,
+    fp16_dictionary_array,
     fp16_list_array,
     like_windows,
     lookup,
+    lookup_pool,
     unique_ids,
     window_means,
+    window_pool,
 )
 
 DIM = 8
@@ -154,6 +158,53 @@ def test_lookup_and_fp16_list_array_round_trip() -> None:
                                   store[int(i)].view(np.uint16))
         else:
             assert value is None
+
+
+def as_rows(column: pa.Array) -> list:
+    """Each row's float16 bits (or None), for bit-exact comparison."""
+    return [None if v is None else np.array(v, dtype=np.float16).view(np.uint16).tolist()
+            for v in column.to_pylist()]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_compact_columns_expand_to_the_written_columns(seed: int) -> None:
+    """What the actors hand the writer (each distinct vector once, as an Arrow dictionary)
+    expands, bit for bit, to the list<halffloat> rows the brute force expects, nulls too."""
+    rng = np.random.default_rng(seed)
+    user, lists = feed_like_lists(rng, users=6, rows=300, artworks=40, cap=5)
+    store = make_store(rng, rng.choice(np.arange(1, 41), 25, replace=False))
+    ids = np.array(sorted(store), dtype=np.int64)
+    table = EmbeddingTable.from_rows(ids, np.stack([store[i] for i in ids]))
+    arr = pa.array(lists, type=pa.list_(pa.int64()))
+    windows = like_windows(user, arr.offsets.to_numpy(), arr.values.to_numpy())
+    pooled = window_pool(windows, table)
+    assert pooled.vectors.shape[0] < len(lists)      # shared windows are stored once
+    column = fp16_dictionary_array(pooled)
+    column.validate(full=True)
+    expanded = expand_dictionary(column)
+    expanded.validate(full=True)
+    assert expanded.type == pa.list_(pa.float16())
+    assert as_rows(expanded) == as_rows(fp16_list_array(*window_means(windows, table)))
+    for r, row in enumerate(as_rows(expanded)):
+        want = reference_mean(lists[r], store)
+        assert (row is None) == (want is None)
+        if want is not None:
+            assert_within_fp16_rounding(np.array(row, np.uint16).view(np.float16), want)
+
+    artwork = rng.choice(np.arange(0, 50), 200)       # ids 0 and 41..49 are not in the store
+    pooled = lookup_pool(artwork, table)
+    assert pooled.vectors.shape[0] == len(set(artwork.tolist()) & set(store))
+    got = as_rows(expand_dictionary(fp16_dictionary_array(pooled)))
+    assert got == [store[int(a)].view(np.uint16).tolist() if int(a) in store else None
+                   for a in artwork]
+
+
+def test_compact_columns_of_empty_and_all_missing_batches() -> None:
+    table = EmbeddingTable.from_rows(np.array([1], np.int64), np.ones((1, DIM), np.float16))
+    for ids in (np.zeros(0, np.int64), np.array([7, 8, 7], np.int64)):
+        column = expand_dictionary(fp16_dictionary_array(lookup_pool(ids, table)))
+        column.validate(full=True)
+        assert column.to_pylist() == [None] * ids.size
 
 
 @pytest.mark.parametrize("ids", [[], [5, 3, 5, 0], [2**40, 7, 7], [-3, 4, -3], list(range(1000, 0, -3))])

@@ -4,7 +4,7 @@ A day's like lists overlap heavily: the list of a user's next impression is a
 suffix of the previous list plus the likes made in between (contract 00: oldest
 first, the last 50 of a sliding 7-day window). `like_windows` recovers, per
 user, one like sequence in which every row's list is a contiguous slice, so
-`window_means` sums each slice as the difference of two prefix sums: the cost
+`window_pool` sums each slice as the difference of two prefix sums: the cost
 is O(sequence + rows) vectors, not O(sum of list lengths), and does not grow
 with the window length. The recovery never has to be "right", only valid:
 every row's list must equal its slice exactly, which is checked element by
@@ -150,12 +150,34 @@ def like_windows(user_ids: np.ndarray, offsets: np.ndarray, values: np.ndarray) 
                        user_start=np.unique((end_sorted - added)[new_user]))
 
 
-def window_means(windows: LikeWindows, table: EmbeddingTable,
-                 chunk: int = PREFIX_CHUNK) -> tuple[np.ndarray, np.ndarray]:
-    """Mean embedding of each row's slice, over the ids the table has.
+@dataclass(frozen=True)
+class PooledVectors:
+    """One float16 vector per row, each distinct vector stored once: row `r` has
+    `vectors[index[r]]`, or no vector (null) where `index[r] == -1`.
 
-    Returns (valid, means): `valid[r]` is False where no id of the row's list is in
-    the table; `means` holds the float16 means of the valid rows, in row order.
+    Neighbouring impressions share like windows and artworks, so a batch's distinct
+    vectors are far fewer than its rows; the enrich actors hand this compact form to the
+    writer (as an Arrow dictionary column) and the writer expands it.
+    """
+
+    index: np.ndarray
+    vectors: np.ndarray
+
+    @property
+    def valid(self) -> np.ndarray:
+        return self.index >= 0
+
+    def expanded(self) -> tuple[np.ndarray, np.ndarray]:
+        """(valid, vectors of the valid rows in row order)."""
+        valid = self.valid
+        return valid, np.take(self.vectors, self.index[valid], axis=0)
+
+
+def window_pool(windows: LikeWindows, table: EmbeddingTable,
+                chunk: int = PREFIX_CHUNK) -> PooledVectors:
+    """Mean embedding of each row's slice, over the ids the table has; -1 where the table has
+    none of the row's ids.
+
     Each distinct slice is computed once (consecutive impressions often share a
     list). Sums are float64 prefix differences, so the float16 result matches a
     float32 direct sum up to rounding; chunks of the sequence begin at a user's
@@ -166,11 +188,13 @@ def window_means(windows: LikeWindows, table: EmbeddingTable,
     np.cumsum(seq_rows != table.missing_row, out=found[1:])
     counts = found[windows.end] - found[windows.start]
     valid = counts > 0
+    index = np.full(valid.size, -1, dtype=np.int32)
     if not valid.any():
-        return valid, np.empty((0, table.dim), dtype=np.float16)
+        return PooledVectors(index, np.empty((0, table.dim), dtype=np.float16))
 
     span = windows.sequence.size + 1
     keys, inverse = np.unique(windows.start[valid] * span + windows.end[valid], return_inverse=True)
+    index[valid] = inverse
     start, end = keys // span, keys % span
     scale = 1.0 / (found[end] - found[start])
     means = np.empty((keys.size, table.dim), dtype=np.float16)
@@ -184,8 +208,13 @@ def window_means(windows: LikeWindows, table: EmbeddingTable,
         sums -= prefix[start[w_lo:w_hi] - lo]
         sums *= scale[w_lo:w_hi, None]
         means[w_lo:w_hi] = sums
-    return valid, means if keys.size == inverse.size and np.all(inverse == np.arange(keys.size)) \
-        else means[inverse]
+    return PooledVectors(index, means)
+
+
+def window_means(windows: LikeWindows, table: EmbeddingTable,
+                 chunk: int = PREFIX_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+    """`window_pool`, expanded: (valid, the float16 means of the valid rows in row order)."""
+    return window_pool(windows, table, chunk).expanded()
 
 
 def _prefix_sums(matrix: np.ndarray, rows: np.ndarray, block: int = 16) -> np.ndarray:
@@ -216,6 +245,15 @@ def _chunk_starts(user_start: np.ndarray, total: int, chunk: int) -> np.ndarray:
     return np.unique(cuts).astype(np.int64)
 
 
+def lookup_pool(ids: np.ndarray, table: EmbeddingTable) -> PooledVectors:
+    """Each id's vector, each distinct id's once; -1 where the table lacks the id."""
+    rows = table.rows_of(ids)
+    valid = rows != table.missing_row
+    index = np.full(rows.size, -1, dtype=np.int32)
+    distinct, index[valid] = np.unique(rows[valid], return_inverse=True)
+    return PooledVectors(index, table.matrix[distinct])
+
+
 def lookup(ids: np.ndarray, table: EmbeddingTable) -> tuple[np.ndarray, np.ndarray]:
     """(valid, vectors): each id's float16 vector, for the ids the table has, in order."""
     rows = table.rows_of(ids)
@@ -239,3 +277,21 @@ def fp16_list_array(valid: np.ndarray, vectors: np.ndarray) -> pa.ListArray:
                                    [None, pa.py_buffer(np.ascontiguousarray(vectors))])
     return pa.Array.from_buffers(pa.list_(pa.float16()), n, [bitmap, pa.py_buffer(offsets)],
                                  null_count=nulls, children=[values])
+
+
+def fp16_dictionary_array(pooled: PooledVectors) -> pa.DictionaryArray:
+    """The compact column: int32 indices (null where -1) into fixed_size_list<halffloat>[dim]."""
+    k, dim = pooled.vectors.shape
+    values = pa.Array.from_buffers(pa.float16(), k * dim,
+                                   [None, pa.py_buffer(np.ascontiguousarray(pooled.vectors))])
+    dictionary = pa.FixedSizeListArray.from_arrays(values, dim)
+    indices = pa.array(pooled.index, mask=pooled.index < 0)
+    return pa.DictionaryArray.from_arrays(indices, dictionary)
+
+
+def expand_dictionary(column: pa.DictionaryArray) -> pa.ListArray:
+    """`fp16_dictionary_array`'s column as the contract's list<halffloat>, one gather."""
+    k, dim = len(column.dictionary), column.type.value_type.list_size
+    vectors = column.dictionary.flatten().to_numpy(zero_copy_only=False).reshape(k, dim)
+    index = column.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+    return fp16_list_array(*PooledVectors(index, vectors).expanded())

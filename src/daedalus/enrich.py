@@ -2,10 +2,15 @@
 
 Per day, one streaming Ray Data plan: `read_parquet` over the skeleton day's files
 (in order) → `map_batches` on an actor pool (`EnrichBatches`, pyarrow batches) →
-`write_parquet` into a staging folder, with `preserve_order` on so every shard
-is a contiguous, chronological range of the day. The staging folder gets a
+a parquet datasink writing into a staging folder, with `preserve_order` on so every
+shard is a contiguous, chronological range of the day. The staging folder gets a
 manifest and is renamed into place: a day is complete or absent, and a day
 already enriched from the same skeleton day and store is skipped.
+
+The actors compute each batch's distinct vectors (looked-up embeddings, window
+means) and return them as Arrow dictionary columns; the datasink's write tasks
+expand them into the contract's list<halffloat> columns as they write. Only the
+distinct vectors cross the object store, not the ~4.6 GB a 1M-row day expands to.
 
 With `preload_day_embeddings` (the default) the driver takes the day's needed
 float16 vectors from the store once and puts them in the object store; actors
@@ -41,11 +46,12 @@ import pyarrow.parquet as pq
 
 from daedalus.avg_pool import (
     EmbeddingTable,
-    fp16_list_array,
+    expand_dictionary,
+    fp16_dictionary_array,
     like_windows,
-    lookup,
+    lookup_pool,
     unique_ids,
-    window_means,
+    window_pool,
 )
 from daedalus.config import Config
 from daedalus.days import day_lock, day_path, ensure_writable, staged_day, sweep_staging
@@ -66,10 +72,18 @@ Progress = Callable[[str], None]
 PROVENANCE_KEY = b"daedalus.enrich"
 EMBEDDING_TYPE = pa.list_(pa.float16())
 _MISSING_ID = np.iinfo(np.int64).min
-# Read and write tasks ask for half a CPU, so two run on each CPU the actors leave: writing
-# two float16 list columns costs more than computing them, and a half-idle actor's core is
-# then filled by a second writer instead of staying idle.
-IO_TASK_CPUS = 0.5
+# Write tasks ask for half a CPU, so two run on each CPU the actors leave: writing two
+# float16 list columns costs more than computing them, and a half-idle actor's core is then
+# filled by a second writer instead of staying idle.
+WRITE_TASK_CPUS = 0.5
+# A read task is a streaming generator that lives, paused by backpressure, as long as its
+# file lasts: any CPU it asks for is held away from the writers all that time, for ~1% of
+# the stage's work. Reads ask for none; Ray Data's memory backpressure still bounds them.
+READ_TASK_CPUS = 0
+# Worker processes keep freed memory this long (ms) before giving it back to the OS: each
+# batch's writer reuses the last one's pages instead of faulting in ~1 GB of fresh ones
+# (pyarrow's allocator, mimalloc, purges after 10 ms by default). Unset in the environment only.
+WORKER_ENV = {"MIMALLOC_PURGE_DELAY": "1000"}
 
 
 # -- the plan -----------------------------------------------------------------------------------
@@ -154,29 +168,44 @@ def needed_ids(batch: pa.Table, enrichments: Iterable[Enrichment]) -> np.ndarray
     return unique_ids(np.concatenate(parts))
 
 
-def enrich_table(batch: pa.Table, enrichments: Iterable[Enrichment],
-                 tables: dict[str, EmbeddingTable], columns: list[str]) -> pa.Table:
-    """The batch with each enrichment's column (list<halffloat>) set, in `columns` order."""
+def compact_table(batch: pa.Table, enrichments: Iterable[Enrichment],
+                  tables: dict[str, EmbeddingTable], columns: list[str]) -> pa.Table:
+    """The batch with each enrichment's column set, in `columns` order, in compact form: a
+    dictionary column of the batch's distinct vectors (what the actors hand the writer)."""
     out: dict[str, pa.Array] = {}
     for e in enrichments:
         table = tables[e.store]
         if e.kind == "lookup":
-            valid, vectors = lookup(_ids(batch.column(e.input_column)), table)
+            pooled = lookup_pool(_ids(batch.column(e.input_column)), table)
         else:
             offsets, values = _lists(batch.column(e.input_column))
             group = (_ids(batch.column(e.group_column)) if e.group_column in batch.column_names
                      else np.zeros(batch.num_rows, dtype=np.int64))
-            valid, vectors = window_means(like_windows(group, offsets, values), table)
-        out[e.name] = fp16_list_array(valid, vectors)
-    arrays, fields = [], []
-    for name in columns:
-        if name in out:
-            arrays.append(out[name])
-            fields.append(pa.field(name, EMBEDDING_TYPE))
-        else:
-            arrays.append(batch.column(name))
-            fields.append(batch.schema.field(name))
+            pooled = window_pool(like_windows(group, offsets, values), table)
+        out[e.name] = fp16_dictionary_array(pooled)
+    arrays = [out[name] if name in out else batch.column(name) for name in columns]
+    fields = [pa.field(name, out[name].type) if name in out else batch.schema.field(name)
+              for name in columns]
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=batch.schema.metadata))
+
+
+def expand_table(table: pa.Table) -> pa.Table:
+    """`compact_table`'s output as written: every dictionary column becomes list<halffloat>."""
+    fields, arrays = [], []
+    for field, column in zip(table.schema, table.columns, strict=True):
+        if pa.types.is_dictionary(field.type):
+            column = pa.chunked_array([expand_dictionary(c) for c in column.chunks],
+                                      type=EMBEDDING_TYPE)
+            field = pa.field(field.name, EMBEDDING_TYPE)
+        fields.append(field)
+        arrays.append(column)
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=table.schema.metadata))
+
+
+def enrich_table(batch: pa.Table, enrichments: Iterable[Enrichment],
+                 tables: dict[str, EmbeddingTable], columns: list[str]) -> pa.Table:
+    """The batch with each enrichment's column (list<halffloat>) set, in `columns` order."""
+    return expand_table(compact_table(batch, enrichments, tables, columns))
 
 
 class EnrichBatches:
@@ -203,7 +232,7 @@ class EnrichBatches:
         for store, reader in self.readers.items():
             mine = [e for e in self.enrichments if e.store == store]
             tables[store] = reader.table(needed_ids(batch, mine))
-        table = enrich_table(batch, self.enrichments, tables, self.columns)
+        table = compact_table(batch, self.enrichments, tables, self.columns)
         return table.replace_schema_metadata({**(table.schema.metadata or {}),
                                               PROVENANCE_KEY: self.provenance})
 
@@ -247,7 +276,7 @@ def ray_runtime(envelope: RayEnvelope, progress: Progress = print) -> RayEnvelop
             _match_cluster_auth(address)
             with _no_fork_warning():
                 ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR,
-                         namespace="daedalus")
+                         namespace="daedalus", runtime_env={"env_vars": _worker_env()})
         else:
             local = envelope.clamped_to_machine()
             for note in local.notes:
@@ -256,17 +285,30 @@ def ray_runtime(envelope: RayEnvelope, progress: Progress = print) -> RayEnvelop
             worker_memory = max(local.memory_gb - local.object_store_gb
                                 - local.system_reserved_memory_gb, 1)
             _set_auth_mode(_ORIGINAL_AUTH_ENV)
+            os.environ.update(_worker_env())  # the raylet, and so every worker, inherits it
             with _no_fork_warning():
                 ray.init(address="local", num_cpus=local.num_cpus,
                          object_store_memory=int(local.object_store_gb * gib),
                          _memory=int(worker_memory * gib), _node_ip_address="127.0.0.1",
                          include_dashboard=False, log_to_driver=False,
-                         logging_level=logging.ERROR, namespace="daedalus")
+                         logging_level=logging.ERROR, namespace="daedalus",
+                         _system_config={"num_workers_soft_limit": idle_workers(local)})
             progress(f"ray: local cluster on 127.0.0.1, {local.num_cpus} CPUs,"
                      f" {local.object_store_gb:g} GiB object store")
     effective = _fit_to_cluster(envelope)
     _RUNTIME = _Runtime(address=address, envelope=effective)
     return effective
+
+
+def _worker_env() -> dict[str, str]:
+    return {k: os.environ.get(k, v) for k, v in WORKER_ENV.items()}
+
+
+def idle_workers(envelope: RayEnvelope) -> int:
+    """Worker processes the local raylet keeps alive when idle. Ray's default (one per CPU)
+    is fewer than one day's plan uses at once (actors, writers at half a CPU, reads at none),
+    so each day's last tasks waited seconds for fresh processes to boot while others idled."""
+    return 2 * envelope.num_cpus + 4
 
 
 _LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -476,21 +518,34 @@ def day_table(files: list[Path], enrichments: list[Enrichment], store: dict) -> 
 
 
 def actor_cpus(envelope: RayEnvelope) -> float:
-    """CPUs each actor asks for: one, unless the pool would leave no room for one read/write
+    """CPUs each actor asks for: one, unless the pool would leave no room for one write
     task (a pool holding every CPU deadlocks the stream); then an equal share of the rest."""
     pool = envelope.actor_pool_size()
-    return max(0.1, min(1.0, (envelope.num_cpus - IO_TASK_CPUS) / pool))
+    return max(0.1, min(1.0, (envelope.num_cpus - WRITE_TASK_CPUS) / pool))
 
 
-def _filename_provider():
-    """`part-00000.parquet`, numbered by write task, so names sort like the rows."""
-    from ray.data.datasource import FilenameProvider
+def _parquet_sink(folder: Path, compression: str, plain: list[str]):
+    """The write side of the plan: each block the actors return (compact form) is expanded to
+    the contract's list<halffloat> columns and written as `part-<task>-<block>.parquet`,
+    numbered by write task so names sort like the rows. Expanding here rather than in the
+    actor keeps the day's ~4.6 GB of float16 vectors out of the object store: only each
+    batch's distinct vectors cross it."""
+    from ray.data import Datasink
+    from ray.data.block import BlockAccessor
 
-    class PartNames(FilenameProvider):
-        def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
-            return f"part-{task_index:05d}.parquet"
+    class EnrichedParquetSink(Datasink[int]):
+        def write(self, blocks, ctx) -> int:
+            rows = 0
+            for i, block in enumerate(blocks):
+                table = expand_table(BlockAccessor.for_block(block).to_arrow())
+                if table.num_rows:
+                    pq.write_table(table, folder / f"part-{ctx.task_idx:05d}-{i}.parquet",
+                                   compression=compression, use_dictionary=plain,
+                                   write_statistics=plain)
+                    rows += table.num_rows
+            return rows
 
-    return PartNames(file_format="parquet")
+    return EnrichedParquetSink()
 
 
 def prepare_enrich(pipeline: OperatorPipeline, config: Config, envelope: RayEnvelope,
@@ -605,7 +660,7 @@ def _enrich_day(plan: EnrichPlan, config: Config, day: dt.date, files: list[Path
                 stores: dict[str, dict], fingerprint, enriched_root: Path,
                 envelope: RayEnvelope) -> tuple[int, list[str]]:
     import ray
-    from ray.data import ActorPoolStrategy, SaveMode
+    from ray.data import ActorPoolStrategy
 
     _data_context()
     timings: dict[str, float] = {}
@@ -633,7 +688,7 @@ def _enrich_day(plan: EnrichPlan, config: Config, day: dt.date, files: list[Path
     pool = envelope.actor_pool_size()
     with staged_day(enriched_root, day) as staging:
         ds = ray.data.read_parquet([str(f) for f in files], columns=read_columns,
-                                   partitioning=None, num_cpus=IO_TASK_CPUS)
+                                   partitioning=None, num_cpus=READ_TASK_CPUS)
         with warnings.catch_warnings():
             # max_restarts only passes through the deprecated **ray_remote_args. No restarts:
             # a restarted actor could not get its preloaded arguments back (ray#53727), and a
@@ -645,10 +700,8 @@ def _enrich_day(plan: EnrichPlan, config: Config, day: dt.date, files: list[Path
                                 fn_constructor_kwargs={"spec": spec},
                                 num_cpus=actor_cpus(envelope),
                                 udf_modifying_row_count=False, max_restarts=0)
-        ds.write_parquet(str(staging), filename_provider=_filename_provider(),
-                         mode=SaveMode.OVERWRITE,
-                         compression=plan.sink.compression, use_dictionary=plain,
-                         write_statistics=plain, ray_remote_args={"num_cpus": IO_TASK_CPUS})
+        ds.write_datasink(_parquet_sink(staging, plan.sink.compression, plain),
+                          ray_remote_args={"num_cpus": WRITE_TASK_CPUS})
         timings["ray"] = time.perf_counter() - started - timings.get("preload", 0.0)
         parts = sorted((p.name for p in staging.glob("*.parquet")), key=lambda n: _natural(Path(n)))
         written = sum(pq.ParquetFile(staging / p).metadata.num_rows for p in parts)
