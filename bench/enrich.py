@@ -205,7 +205,7 @@ def measured_run(args: argparse.Namespace) -> dict:
         command += ["--io-cpus", str(args.io_cpus)]
     load_before = wait_for_quiet(args.quiet_load, args.patience)
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, start_new_session=True)
-    with TreeSampler(proc.pid, interval=0.2) as sampler:
+    with TreeSampler(proc.pid, interval=1.0) as sampler:  # PSS sampling costs CPU: not too often
         out, _ = proc.communicate()
     if proc.returncode:
         raise SystemExit(f"bench child failed with status {proc.returncode}")

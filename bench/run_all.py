@@ -80,7 +80,7 @@ class TreePeak:
                 except OSError:
                     pass
             self.peak = max(self.peak, total)
-            self._stop.wait(0.2)
+            self._stop.wait(1.0)
 
     def stop(self) -> int:
         self._stop.set()

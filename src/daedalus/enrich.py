@@ -80,10 +80,6 @@ WRITE_TASK_CPUS = 0.5
 # file lasts: any CPU it asks for is held away from the writers all that time, for ~1% of
 # the stage's work. Reads ask for none; Ray Data's memory backpressure still bounds them.
 READ_TASK_CPUS = 0
-# Worker processes keep freed memory this long (ms) before giving it back to the OS: each
-# batch's writer reuses the last one's pages instead of faulting in ~1 GB of fresh ones
-# (pyarrow's allocator, mimalloc, purges after 10 ms by default). Unset in the environment only.
-WORKER_ENV = {"MIMALLOC_PURGE_DELAY": "1000"}
 
 
 # -- the plan -----------------------------------------------------------------------------------
@@ -276,7 +272,7 @@ def ray_runtime(envelope: RayEnvelope, progress: Progress = print) -> RayEnvelop
             _match_cluster_auth(address)
             with _no_fork_warning():
                 ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR,
-                         namespace="daedalus", runtime_env={"env_vars": _worker_env()})
+                         namespace="daedalus")
         else:
             local = envelope.clamped_to_machine()
             for note in local.notes:
@@ -285,7 +281,6 @@ def ray_runtime(envelope: RayEnvelope, progress: Progress = print) -> RayEnvelop
             worker_memory = max(local.memory_gb - local.object_store_gb
                                 - local.system_reserved_memory_gb, 1)
             _set_auth_mode(_ORIGINAL_AUTH_ENV)
-            os.environ.update(_worker_env())  # the raylet, and so every worker, inherits it
             with _no_fork_warning():
                 ray.init(address="local", num_cpus=local.num_cpus,
                          object_store_memory=int(local.object_store_gb * gib),
@@ -316,10 +311,6 @@ def _warm_writers(envelope: RayEnvelope) -> None:
 
 def _import_writer() -> None:
     _parquet_sink(Path("."), "zstd", [])
-
-
-def _worker_env() -> dict[str, str]:
-    return {k: os.environ.get(k, v) for k, v in WORKER_ENV.items()}
 
 
 def idle_workers(envelope: RayEnvelope) -> int:
@@ -553,15 +544,19 @@ def _parquet_sink(folder: Path, compression: str, plain: list[str]):
 
     class EnrichedParquetSink(Datasink[int]):
         def write(self, blocks, ctx) -> int:
-            rows = 0
-            for i, block in enumerate(blocks):
-                table = expand_table(BlockAccessor.for_block(block).to_arrow())
-                if table.num_rows:
-                    pq.write_table(table, folder / f"part-{ctx.task_idx:05d}-{i}.parquet",
-                                   compression=compression, use_dictionary=plain,
-                                   write_statistics=plain)
-                    rows += table.num_rows
+            rows = sum(_write_block(block, folder / f"part-{ctx.task_idx:05d}-{i}.parquet")
+                       for i, block in enumerate(blocks))
+            # An idle worker never gives its allocator's free pages back on its own, and the
+            # raylet keeps several writers alive between tasks (see `idle_workers`).
+            pa.default_memory_pool().release_unused()
             return rows
+
+    def _write_block(block, path: Path) -> int:
+        table = expand_table(BlockAccessor.for_block(block).to_arrow())
+        if table.num_rows:
+            pq.write_table(table, path, compression=compression, use_dictionary=plain,
+                           write_statistics=plain)
+        return table.num_rows
 
     return EnrichedParquetSink()
 
