@@ -255,10 +255,8 @@ def lookup_pool(ids: np.ndarray, table: EmbeddingTable) -> PooledVectors:
 
 
 def lookup(ids: np.ndarray, table: EmbeddingTable) -> tuple[np.ndarray, np.ndarray]:
-    """(valid, vectors): each id's float16 vector, for the ids the table has, in order."""
-    rows = table.rows_of(ids)
-    valid = rows != table.missing_row
-    return valid, table.matrix[rows[valid]]
+    """`lookup_pool`, expanded: (valid, each found id's float16 vector, in order)."""
+    return lookup_pool(ids, table).expanded()
 
 
 def fp16_list_array(valid: np.ndarray, vectors: np.ndarray) -> pa.ListArray:
