@@ -9,7 +9,7 @@ shared pages count once), sampled by bench/memcap.py's `TreeSampler`.
 
 In the same run, the floor: the time to write just the same two float16 list columns, read
 back from the stage's output, to one parquet file with the stage's writer settings (zstd, no
-dictionary, no statistics) in batches of `enrich_batch_rows`: what any enrich stage has to pay
+dictionary, no statistics, its row groups): what any enrich stage has to pay
 at least. Target: stage <= 1.3x floor on 2 cores.
 
 `--kernel` also times the avg-pool kernel alone on synthetic like streams, for a 7-day and a
@@ -146,11 +146,11 @@ def single_process(args: argparse.Namespace) -> None:
     for path in files:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=config.runtime.enrich_batch_rows,
                                                        columns=read):
-            table = enrich.enrich_table(pa_table(batch), plan.enrichments, tables, plan.columns)
-            pq.write_table(table, target / f"part-{part:05d}.parquet",
-                           compression=plan.sink.compression, use_dictionary=plain,
-                           write_statistics=plain)
-            rows, part = rows + table.num_rows, part + 1
+            table = enrich.compact_table(pa_table(batch), plan.enrichments, tables,
+                                         plan.columns)
+            rows += enrich.write_part(table, target / f"part-{part:05d}.parquet",
+                                      plan.sink.compression, plain)
+            part += 1
     seconds = time.perf_counter() - started
     print(json.dumps({"rows": rows, "stage_s": seconds, "preload_s": preload,
                       "cpu_s": time.process_time() - cpu, "files": part}))
@@ -162,9 +162,12 @@ def pa_table(batch):
     return pa.Table.from_batches([batch])
 
 
-def floor(batch_rows: int, folder: Path) -> dict:
-    """Write just the two embedding columns with the stage's writer settings; time it."""
+def floor(folder: Path) -> dict:
+    """Write just the two embedding columns with the stage's writer settings (zstd, no
+    dictionary, no statistics, its row groups); time it."""
     import pyarrow.parquet as pq
+
+    from daedalus.enrich import ROW_GROUP_ROWS
 
     files = sorted(folder.glob("*.parquet"))
     table = pq.read_table(files, columns=EMBEDDING_COLUMNS)
@@ -172,7 +175,7 @@ def floor(batch_rows: int, folder: Path) -> dict:
     started, cpu = time.perf_counter(), time.process_time()
     with pq.ParquetWriter(target, table.schema, compression="zstd", use_dictionary=False,
                           write_statistics=False) as writer:
-        for batch in table.to_batches(max_chunksize=batch_rows):
+        for batch in table.to_batches(max_chunksize=ROW_GROUP_ROWS):
             writer.write_batch(batch)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     size = target.stat().st_size
@@ -213,7 +216,7 @@ def measured_run(args: argparse.Namespace) -> dict:
     run["mode"] = "single-process" if args.single_process else "ray"
     config, _, _ = load()
     written = WORK / "single_process" if args.single_process else ENRICHED / f"dt={DAY}"
-    run.update(floor(config.runtime.enrich_batch_rows, written))
+    run.update(floor(written))
     if args.single_process:
         shutil.rmtree(written)
     run.update(sampler.summary())

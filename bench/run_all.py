@@ -132,8 +132,12 @@ def floor_duckdb_read(config, pipeline) -> float:
     return time.perf_counter() - started
 
 
-def floor_fp16_write(enriched: Path, batch_rows: int, work: Path) -> float:
+def floor_fp16_write(enriched: Path, work: Path) -> float:
+    """The two float16 list columns of the day, written with the stage's settings and row
+    groups (in memory before the clock starts)."""
     import pyarrow.parquet as pq
+
+    from daedalus.enrich import ROW_GROUP_ROWS
 
     cols = ["image_embedding", "like_artwork_avg_embeds"]
     files = sorted(enriched.glob("*.parquet"))
@@ -143,7 +147,7 @@ def floor_fp16_write(enriched: Path, batch_rows: int, work: Path) -> float:
     started = time.perf_counter()
     with pq.ParquetWriter(work / "floor.parquet", table.schema, compression="zstd",
                           use_dictionary=False, write_statistics=False) as writer:
-        for batch in table.to_batches(max_chunksize=batch_rows):
+        for batch in table.to_batches(max_chunksize=ROW_GROUP_ROWS):
             writer.write_batch(batch)
     return time.perf_counter() - started
 
@@ -222,7 +226,7 @@ def main() -> None:
         n = enrich["rows"]
         floors = {
             "duckdb-read": floor_duckdb_read(config, pipeline),
-            "fp16-write": floor_fp16_write(enriched_day, config.runtime.enrich_batch_rows, work),
+            "fp16-write": floor_fp16_write(enriched_day, work),
             "numpy-gather": floor_numpy_gather(
                 skeleton_day, config.store_path(config.aggregations.store("artwork_embeddings")),
                 config.base.embedding_dim),

@@ -207,6 +207,34 @@ def test_compact_columns_of_empty_and_all_missing_batches() -> None:
         assert column.to_pylist() == [None] * ids.size
 
 
+def test_write_part_writes_the_expanded_rows_in_row_groups(tmp_path, monkeypatch) -> None:
+    """The writer expands a compact block slice by slice into row groups; read back, the
+    file is the block expanded at once, bit for bit, nulls (a slice of only nulls) too."""
+    import pyarrow.parquet as pq
+
+    from daedalus import enrich
+
+    rng = np.random.default_rng(7)
+    store = make_store(rng, np.arange(1, 21))
+    ids = np.array(sorted(store), dtype=np.int64)
+    table = EmbeddingTable.from_rows(ids, np.stack([store[i] for i in ids]))
+    artwork = np.concatenate([rng.choice(np.arange(0, 30), 8), [99, 98, 97, 96], [5, 5]])
+    compact = pa.table({"row": np.arange(artwork.size),
+                        "image_embedding": fp16_dictionary_array(lookup_pool(artwork, table))})
+    monkeypatch.setattr(enrich, "ROW_GROUP_ROWS", 4)
+    path = tmp_path / "part.parquet"
+    assert enrich.write_part(compact, path, "zstd", ["row"]) == artwork.size
+    written = pq.ParquetFile(path)
+    assert written.metadata.num_row_groups == 4          # 14 rows: 4 + 4 + 4 (all null) + 2
+    back = written.read()
+    assert back.schema.field("image_embedding").type == pa.list_(pa.float16())
+    assert back.column("row").to_pylist() == list(range(artwork.size))
+    assert as_rows(back.column("image_embedding").combine_chunks()) == as_rows(
+        enrich.expand_table(compact).column("image_embedding").combine_chunks())
+    assert not enrich.write_part(compact.slice(0, 0), tmp_path / "empty.parquet", "zstd", [])
+    assert not (tmp_path / "empty.parquet").exists()
+
+
 @pytest.mark.parametrize("ids", [[], [5, 3, 5, 0], [2**40, 7, 7], [-3, 4, -3], list(range(1000, 0, -3))])
 def test_unique_ids_is_sorted_unique(ids) -> None:
     arr = np.array(ids, dtype=np.int64)

@@ -80,6 +80,8 @@ WRITE_TASK_CPUS = 0.5
 # file lasts: any CPU it asks for is held away from the writers all that time, for ~1% of
 # the stage's work. Reads ask for none; Ray Data's memory backpressure still bounds them.
 READ_TASK_CPUS = 0
+# Rows per parquet row group of the enriched output (~46 MB of two 1152-d float16 columns).
+ROW_GROUP_ROWS = 10_000
 
 
 # -- the plan -----------------------------------------------------------------------------------
@@ -552,13 +554,28 @@ def _parquet_sink(folder: Path, compression: str, plain: list[str]):
             return rows
 
     def _write_block(block, path: Path) -> int:
-        table = expand_table(BlockAccessor.for_block(block).to_arrow())
-        if table.num_rows:
-            pq.write_table(table, path, compression=compression, use_dictionary=plain,
-                           write_statistics=plain)
-        return table.num_rows
+        return write_part(BlockAccessor.for_block(block).to_arrow(), path, compression, plain)
 
     return EnrichedParquetSink()
+
+
+def write_part(table: pa.Table, path: Path, compression: str, plain: list[str]) -> int:
+    """Write one compact block (`compact_table`'s form) as a parquet file of list<halffloat>
+    columns, expanding and writing `ROW_GROUP_ROWS` rows at a time. Embedding columns get
+    neither dictionary pages nor statistics (`plain` lists the columns that do).
+
+    Row groups of a whole 50K-row batch (~230 MB expanded) cost a third more: buffers that
+    large go straight back to the OS when freed, so every batch paid its page faults again
+    (on 2 CPUs, ~40% of the writer's time was system time)."""
+    if table.num_rows == 0:
+        return 0
+    schema = expand_table(table.slice(0, 0)).schema
+    with pq.ParquetWriter(path, schema, compression=compression, use_dictionary=plain,
+                          write_statistics=plain) as writer:
+        for start in range(0, table.num_rows, ROW_GROUP_ROWS):
+            writer.write_table(expand_table(table.slice(start, ROW_GROUP_ROWS)),
+                               row_group_size=ROW_GROUP_ROWS)
+    return table.num_rows
 
 
 def prepare_enrich(pipeline: OperatorPipeline, config: Config, envelope: RayEnvelope,
