@@ -43,7 +43,9 @@ from daedalus.scratch import scratch_dir
 
 Progress = Callable[[str], None]
 METADATA_KEY = b"daedalus.store"
-TAKE_CHUNK = 65_536
+# Rows per Lance take or scan batch. 16K rows of 1152-d float16 (~38 MB) read 1.5-2x faster
+# than 64K (~150 MB): buffers that large are mapped fresh and page-faulted on every batch.
+TAKE_CHUNK = 16_384
 SCAN_FRACTION = 0.25  # above this share of the store, scan it instead of taking rows
 
 # Filesystems without a local atomic rename (Lance commits by renaming a manifest).

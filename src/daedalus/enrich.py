@@ -295,6 +295,7 @@ def ray_runtime(envelope: RayEnvelope, progress: Progress = print) -> RayEnvelop
     effective = _fit_to_cluster(envelope)
     _RUNTIME = _Runtime(address=address, envelope=effective)
     _warm_writers(effective)
+    _warm_ray_data()
     return effective
 
 
@@ -309,6 +310,28 @@ def _warm_writers(envelope: RayEnvelope) -> None:
     task = ray.remote(num_cpus=WRITE_TASK_CPUS, max_retries=0)(_import_writer)
     for _ in range(max(1, writers)):
         task.remote()
+
+
+def _warm_ray_data() -> None:
+    """Start Ray Data's own per-cluster actors (stats, autoscaling coordinator, actor
+    location tracker) now, while the driver preloads the day: a process's first day
+    otherwise waited for three fresh processes to boot and import Ray Data, beside the
+    actor pool's, on the same CPUs. These helpers are Ray Data internals: if an upgrade
+    moves them, the first day just starts slower, as before."""
+    try:
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+            get_or_create_autoscaling_coordinator,
+        )
+        from ray.data._internal.execution.node_trackers.actor_location import (
+            get_or_create_actor_location_tracker,
+        )
+        from ray.data._internal.stats import get_or_create_stats_actor
+    except ImportError:
+        return
+    for create in (get_or_create_stats_actor, get_or_create_autoscaling_coordinator,
+                   get_or_create_actor_location_tracker):
+        with contextlib.suppress(Exception):
+            create()
 
 
 def _import_writer() -> None:
