@@ -334,6 +334,13 @@ def _warm_ray_data() -> None:
             create()
 
 
+def write_concurrency(envelope: RayEnvelope) -> int:
+    """Write tasks run at once: at most one per CPU. Half-CPU tasks would let twice as many
+    run once the actors finish, each in a fresh worker process that first spends ~3 CPU-s
+    importing Ray Data, for a tail that one writer per CPU already keeps every core busy in."""
+    return max(1, envelope.num_cpus)
+
+
 def _import_writer() -> None:
     _parquet_sink(Path("."), "zstd", [])
 
@@ -753,8 +760,12 @@ def _enrich_day(plan: EnrichPlan, config: Config, day: dt.date, files: list[Path
                                 fn_constructor_kwargs={"spec": spec},
                                 num_cpus=actor_cpus(envelope),
                                 udf_modifying_row_count=False, max_restarts=0)
-        ds.write_datasink(_parquet_sink(staging, plan.sink.compression, plain),
-                          ray_remote_args={"num_cpus": WRITE_TASK_CPUS})
+        with warnings.catch_warnings():
+            # A small day has fewer blocks than the cap: Ray Data warns about it on every run.
+            warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks")
+            ds.write_datasink(_parquet_sink(staging, plan.sink.compression, plain),
+                              ray_remote_args={"num_cpus": WRITE_TASK_CPUS},
+                              concurrency=write_concurrency(envelope))
         timings["ray"] = time.perf_counter() - started - timings.get("preload", 0.0)
         parts = sorted((p.name for p in staging.glob("*.parquet")), key=lambda n: _natural(Path(n)))
         written = sum(pq.ParquetFile(staging / p).metadata.num_rows for p in parts)
