@@ -8,10 +8,13 @@ of 50, a null artwork_id; and several part files, so order across files is pinne
 from __future__ import annotations
 
 import datetime as dt
+import io
 import ipaddress
 import json
+import logging
 import os
 import shutil
+import time
 from pathlib import Path
 
 import lance
@@ -284,6 +287,52 @@ def test_a_skeleton_day_without_its_columns_is_a_one_line_error(planted) -> None
     with pytest.raises(DaedalusError, match=r"part-0-0.parquet: like_artwork_ids_7d: column"):
         run(planted, days=[DAY])
     assert not (tmp / "out_enriched" / "dt=2026-02-01").exists()
+
+
+def test_the_actors_wait_for_a_slow_preload(ray_cluster, planted, monkeypatch) -> None:
+    """The Ray Data plan starts while the driver still preloads the day: its actors are up
+    and wait for the vectors (PreloadBox) rather than enrich with none."""
+    _, _, store, days, tmp = planted
+    real = enrich.day_table
+
+    def slow(*args, **kwargs):
+        time.sleep(3)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(enrich, "day_table", slow)
+    assert [r.status for r in run(planted, days=[DAY])] == ["written"]
+    folder = tmp / "out_enriched" / "dt=2026-02-01"
+    assert_matches_reference(read_day(folder), days[DAY], store)
+    timings = json.loads((folder / "_manifest.json").read_text())["timings"]
+    assert timings["preload"] >= 3 and timings["ray"] >= timings["preload"]
+
+
+def test_a_failed_preload_is_the_error_raised_and_no_day_is_written(ray_cluster, planted,
+                                                                   monkeypatch) -> None:
+    """The actors, waiting for the preload, fail with its message; the driver raises the
+    preload's own error (Ray Data's traceback of the actors' failure stays off the console),
+    leaves no day or staging folder, and the next run is unaffected."""
+    _, _, store, days, tmp = planted
+
+    def broken(*args, **kwargs):
+        time.sleep(1)
+        raise DaedalusError("store.lance: id: unreadable (fix: rebuild the store)")
+
+    console = io.StringIO()  # a console handler of Ray Data's logger, as in a terminal
+    handler = logging.StreamHandler(console)
+    logging.getLogger("ray.data").addHandler(handler)
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(enrich, "day_table", broken)
+            with pytest.raises(DaedalusError, match=r"^store.lance: id: unreadable"):
+                run(planted, days=[DAY])
+    finally:
+        logging.getLogger("ray.data").removeHandler(handler)
+    assert "Traceback" not in console.getvalue() and "unreadable" not in console.getvalue()
+    assert not (tmp / "out_enriched" / "dt=2026-02-01").exists()
+    assert not list((tmp / "out_enriched").glob(".staging-*"))
+    assert [r.status for r in run(planted, days=[DAY])] == ["written"]
+    assert_matches_reference(read_day(tmp / "out_enriched" / "dt=2026-02-01"), days[DAY], store)
 
 
 LOOPBACK = {ipaddress.ip_address(a) for a in ("127.0.0.1", "::ffff:127.0.0.1", "::1")}

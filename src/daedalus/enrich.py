@@ -14,7 +14,9 @@ distinct vectors cross the object store, not the ~4.6 GB a 1M-row day expands to
 
 With `preload_day_embeddings` (the default) the driver takes the day's needed
 float16 vectors from the store once and puts them in the object store; actors
-map them zero-copy and keep only the day's id index. Without it, each actor
+map them zero-copy and keep only the day's id index. The driver does this on a
+thread while Ray Data already starts the plan: the actors' constructors wait for
+the vectors' refs in the runtime's `PreloadBox`. Without preload, each actor
 loads the store's id index and takes each batch's vectors itself.
 
 `ray_runtime` owns this process's Ray: one local cluster sized to the
@@ -32,9 +34,12 @@ import os
 import re
 import socket
 import sys
+import threading
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -216,7 +221,13 @@ class EnrichBatches:
         self.columns = spec["columns"]
         self.tables: dict[str, EmbeddingTable] = {}
         self.readers: dict[str, StoreReader] = {}
-        for store, refs in spec["preloaded"].items():
+        preloaded: dict | str = {}
+        if spec["handoff"] is not None:
+            box, key = spec["handoff"]
+            preloaded = ray.get(box.get.remote(key))
+            if isinstance(preloaded, str):
+                raise DaedalusError(preloaded)
+        for store, refs in preloaded.items():
             ids, matrix = ray.get(list(refs))
             self.tables[store] = EmbeddingTable(ids=ids, matrix=matrix)
         for store, args in spec["readers"].items():
@@ -235,6 +246,35 @@ class EnrichBatches:
                                               PROVENANCE_KEY: self.provenance})
 
 
+class PreloadBox:
+    """Hands a day's preloaded vectors (object refs) to that day's actors. The driver starts
+    the Ray Data plan while it is still loading them, so Ray Data boots the actor pool and
+    starts reading meanwhile, and each actor's constructor waits here for them instead of the
+    whole plan waiting for the preload. A failed preload hands over its error message."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._days: dict[str, tuple[threading.Event, list]] = {}
+
+    def _slot(self, key: str) -> tuple[threading.Event, list]:
+        with self._lock:
+            return self._days.setdefault(key, (threading.Event(), []))
+
+    def put(self, key: str, value: dict | str) -> None:
+        ready, held = self._slot(key)
+        held.append(value)
+        ready.set()
+
+    def get(self, key: str) -> dict | str:
+        ready, held = self._slot(key)
+        ready.wait()
+        return held[0]
+
+    def drop(self, key: str) -> None:
+        with self._lock:
+            self._days.pop(key, None)
+
+
 # -- Ray ----------------------------------------------------------------------------------------
 
 
@@ -242,6 +282,7 @@ class EnrichBatches:
 class _Runtime:
     address: str | None
     envelope: RayEnvelope
+    box: Any = None  # a PreloadBox actor, started with the runtime
 
 
 _RUNTIME: _Runtime | None = None
@@ -293,10 +334,17 @@ def ray_runtime(envelope: RayEnvelope, progress: Progress = print) -> RayEnvelop
             progress(f"ray: local cluster on 127.0.0.1, {local.num_cpus} CPUs,"
                      f" {local.object_store_gb:g} GiB object store")
     effective = _fit_to_cluster(envelope)
-    _RUNTIME = _Runtime(address=address, envelope=effective)
+    _RUNTIME = _Runtime(address=address, envelope=effective, box=_start_box())
     _warm_writers(effective)
     _warm_ray_data()
     return effective
+
+
+def _start_box():
+    """The runtime's PreloadBox: no CPU, a thread per waiting actor."""
+    import ray
+
+    return ray.remote(num_cpus=0, max_concurrency=1000, max_restarts=0)(PreloadBox).remote()
 
 
 def _warm_writers(envelope: RayEnvelope) -> None:
@@ -724,21 +772,13 @@ def _enrich_day(plan: EnrichPlan, config: Config, day: dt.date, files: list[Path
 
     _data_context()
     timings: dict[str, float] = {}
-    started = time.perf_counter()
     spec: dict[str, Any] = {"enrichments": [e.__dict__ for e in plan.enrichments],
-                            "columns": plan.columns, "preloaded": {}, "readers": {}}
-    refs = []
+                            "columns": plan.columns, "handoff": None, "readers": {}}
     if envelope.preload_day_embeddings:
-        for store in plan.stores:
-            table = day_table(files, [e for e in plan.enrichments if e.store == store],
-                              stores[store])
-            pair = (ray.put(table.ids), ray.put(table.matrix))
-            refs += pair
-            spec["preloaded"][store] = pair
-            del table
-        timings["preload"] = time.perf_counter() - started
+        preload = _preloading(plan, files, stores, day, timings)
     else:
         spec["readers"] = stores
+        preload = contextlib.nullcontext(None)
 
     produced = {e.name for e in plan.enrichments}
     read_columns = [c for c in plan.columns if c not in produced]
@@ -746,7 +786,9 @@ def _enrich_day(plan: EnrichPlan, config: Config, day: dt.date, files: list[Path
                            - set(read_columns))
     plain = [c for c in plan.columns if c not in produced]
     pool = envelope.actor_pool_size()
-    with staged_day(enriched_root, day) as staging:
+    with staged_day(enriched_root, day) as staging, preload as handoff:
+        started = time.perf_counter()
+        spec["handoff"] = handoff
         ds = ray.data.read_parquet([str(f) for f in files], columns=read_columns,
                                    partitioning=None, num_cpus=READ_TASK_CPUS)
         with warnings.catch_warnings():
@@ -766,7 +808,7 @@ def _enrich_day(plan: EnrichPlan, config: Config, day: dt.date, files: list[Path
             ds.write_datasink(_parquet_sink(staging, plan.sink.compression, plain),
                               ray_remote_args={"num_cpus": WRITE_TASK_CPUS},
                               concurrency=write_concurrency(envelope))
-        timings["ray"] = time.perf_counter() - started - timings.get("preload", 0.0)
+        timings["ray"] = time.perf_counter() - started
         parts = sorted((p.name for p in staging.glob("*.parquet")), key=lambda n: _natural(Path(n)))
         written = sum(pq.ParquetFile(staging / p).metadata.num_rows for p in parts)
         if written != rows:
@@ -776,5 +818,73 @@ def _enrich_day(plan: EnrichPlan, config: Config, day: dt.date, files: list[Path
                                          files=parts, fingerprint=fingerprint,
                                          timings={k: round(v, 3) for k, v in timings.items()}))
         crash_point("enrich.before_publish")
-    del refs
     return written, parts
+
+
+@contextlib.contextmanager
+def _preloading(plan: EnrichPlan, files: list[Path], stores: dict[str, dict], day: dt.date,
+                timings: dict[str, float]) -> Iterator[tuple[Any, str]]:
+    """Preload the day's vectors on a driver thread while the caller runs the Ray Data plan,
+    and hand them to its actors through the runtime's PreloadBox (yields the actors' handle to
+    them). The driver owns the vectors' object refs until the plan is done. When the plan
+    fails and the preload failed too, the preload's error is the one raised: it is the cause,
+    the actors only reported it."""
+    import ray
+
+    box, key = _RUNTIME.box, f"{day}/{uuid.uuid4().hex}"
+    refs: list = []
+    failed = threading.Event()
+
+    def load() -> None:
+        started = time.perf_counter()
+        try:
+            preloaded = {}
+            for store in plan.stores:
+                table = day_table(files, [e for e in plan.enrichments if e.store == store],
+                                  stores[store])
+                pair = (ray.put(table.ids), ray.put(table.matrix))
+                refs.extend(pair)
+                preloaded[store] = pair
+                del table
+        except BaseException as exc:
+            failed.set()
+            box.put.remote(key, f"the driver's preload of {day} failed: {exc}")
+            raise
+        timings["preload"] = time.perf_counter() - started
+        box.put.remote(key, preloaded)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="enrich-preload") as pool, \
+            _console_quiet_while(failed):
+        loading = pool.submit(load)
+        try:
+            yield box, key
+        except BaseException:
+            cause = loading.exception()
+            if cause is not None:
+                raise cause from None
+            raise
+        finally:
+            box.drop.remote(key)
+        loading.result()
+
+
+@contextlib.contextmanager
+def _console_quiet_while(flag: threading.Event) -> Iterator[None]:
+    """Once `flag` is set, Ray Data's console handlers drop its records (its log file in the
+    Ray session keeps them): a failed preload makes the actors fail, which Ray Data reports
+    with a traceback of its own internals, while the error to show is the preload's."""
+
+    class Quiet(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return not flag.is_set()
+
+    quiet = Quiet()
+    handlers = [h for h in logging.getLogger("ray.data").handlers
+                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
