@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -287,6 +288,20 @@ def test_a_skeleton_day_without_its_columns_is_a_one_line_error(planted) -> None
     with pytest.raises(DaedalusError, match=r"part-0-0.parquet: like_artwork_ids_7d: column"):
         run(planted, days=[DAY])
     assert not (tmp / "out_enriched" / "dt=2026-02-01").exists()
+
+
+def test_the_preload_box_waits_for_the_day_and_refuses_it_once_dropped() -> None:
+    box = enrich.PreloadBox()
+    got: list = []
+    waiter = threading.Thread(target=lambda: got.append(box.get("2026-02-01/x")))
+    waiter.start()
+    time.sleep(0.2)
+    assert not got
+    box.put("2026-02-01/x", {"artwork_embeddings": ("ids", "matrix")})
+    waiter.join(5)
+    assert got == [{"artwork_embeddings": ("ids", "matrix")}]
+    box.drop("2026-02-01/x")
+    assert box.get("2026-02-01/x") == "2026-02-01/x: the day's plan is over"
 
 
 def test_the_actors_wait_for_a_slow_preload(ray_cluster, planted, monkeypatch) -> None:

@@ -271,8 +271,11 @@ class PreloadBox:
         return held[0]
 
     def drop(self, key: str) -> None:
+        """Forget the day's vectors; an actor that asks after this gets an error, not a wait."""
+        over = threading.Event()
+        over.set()
         with self._lock:
-            self._days.pop(key, None)
+            self._days[key] = (over, [f"{key}: the day's plan is over"])
 
 
 # -- Ray ----------------------------------------------------------------------------------------
