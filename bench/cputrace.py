@@ -1,7 +1,8 @@
 """Where a run's CPU goes, by process role: user and system seconds, and how many processes.
 
-Samples /proc every `--interval` seconds for every process in the session of the command it
-starts (a local Ray cluster's raylet, GCS and workers stay in it) and names each by its title:
+Samples /proc every `--interval` seconds for every process of the command it starts, as
+bench/memcap.py finds them (descendants and session: a local Ray cluster's raylet, GCS and
+workers) and names each by its title:
 `ray::Write`, `ray::MapWorker(MapBatches(EnrichBatches))`, `ray::IDLE`, raylet, gcs_server,
 the driver. A worker that is still booting (python starting, `import ray`) is "worker boot".
 Prints per-role totals; `--timeline FILE` also writes one line per interval, per process.
@@ -23,6 +24,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from memcap import process_tree
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -46,19 +49,16 @@ def role(pid: int) -> str | None:
     return Path(script or (words[0] if words else "?")).name
 
 
-def session_cpu(session: int) -> dict[int, tuple[int, int]]:
-    """pid -> (user, system) clock ticks of every process in the session."""
+def tree_cpu(root: int) -> dict[int, tuple[int, int]]:
+    """pid -> (user, system) clock ticks of every process in `root`'s tree and session."""
     out = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for pid in process_tree(root):
         try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
+            stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             continue
         fields = stat[stat.rfind(")") + 2:].split()
-        if int(fields[3]) == session:
-            out[int(entry)] = (int(fields[11]), int(fields[12]))
+        out[pid] = (int(fields[11]), int(fields[12]))
     return out
 
 
@@ -81,7 +81,7 @@ def main() -> None:
     while proc.poll() is None:
         time.sleep(args.interval)
         line = []
-        for pid, (u, s) in session_cpu(proc.pid).items():
+        for pid, (u, s) in tree_cpu(proc.pid).items():
             pu, ps = seen.get(pid, (0, 0))
             seen[pid] = (u, s)
             if (u - pu) + (s - ps) == 0:
