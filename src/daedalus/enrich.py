@@ -344,7 +344,9 @@ def ray_runtime(envelope: RayEnvelope, progress: Progress = print) -> RayEnvelop
 
 
 def _start_box():
-    """The runtime's PreloadBox: no CPU, a thread per waiting actor."""
+    """The runtime's PreloadBox: no CPU, a thread per waiting actor. Started with Ray, whose
+    start leaves a core idle, even for runs without preload: started by a day's first preload
+    instead, its boot competed with it and the cold bench day took ~2 s longer."""
     import ray
 
     return ray.remote(num_cpus=0, max_concurrency=1000, max_restarts=0)(PreloadBox).remote()
