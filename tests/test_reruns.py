@@ -132,6 +132,27 @@ def test_dry_run_lists_and_runs_nothing(trained, capsys):
     assert recomputed_days(trained, before) == set()
 
 
+def test_json_stdout_is_only_the_summary_while_ray_prints_warnings(trained, capsys, monkeypatch):
+    """Ray prints its raylet's warnings ("N PYTHON worker processes have been started ...") on
+    the driver's stdout, from a thread, whenever they come; under `--json` they go to stderr."""
+    from ray._private.worker import print_to_stdstream
+
+    from daedalus import executor
+
+    real = executor.run_pipeline
+
+    def warned(*args, **kwargs):
+        print_to_stdstream({"lines": ["WARNING: 8 PYTHON worker processes have been started"],
+                            "pid": "raylet", "is_err": False}, ignore_prefix=False)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(executor, "run_pipeline", warned)
+    assert train(trained, "--json") == 0
+    out = capsys.readouterr()
+    assert [r["day"] for r in json.loads(out.out)["results"]] == [str(d) for d in DAYS]
+    assert "8 PYTHON worker processes" in out.err
+
+
 def test_status_reports_absent_complete_stale(trained, capsys):
     config, _ = trained.load()
     rewrite_source_file(trained, "user_likes", DAYS[2])

@@ -7,6 +7,7 @@ Errors a user can fix arrive as `DaedalusError` and are printed on one line
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -20,6 +21,13 @@ from daedalus.errors import DaedalusError
 
 def _progress(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _summary_only_on_stdout():
+    """While the engine runs, whatever prints to stdout goes to stderr: Ray prints its
+    raylet's warnings (e.g. "N PYTHON worker processes have been started") on stdout, which
+    broke `--json` output for scripts."""
+    return contextlib.redirect_stdout(sys.stderr)
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
@@ -71,11 +79,12 @@ def cmd_train(args) -> int:
             output_root=args.output_root, force=args.force)
         print(json.dumps([p.as_json() for p in planned], indent=2) if args.json else render(planned))
         return 0
-    summary = run_pipeline(
-        args.service, config=config, registry=registry, pipelines_dir=args.pipelines_dir,
-        target_date=target, skeleton_only=args.skeleton_only, enrich_only=args.enrich_only,
-        output_root=args.output_root, day_workers=args.day_workers, envelope=envelope,
-        progress=_progress, force=args.force)
+    with _summary_only_on_stdout():
+        summary = run_pipeline(
+            args.service, config=config, registry=registry, pipelines_dir=args.pipelines_dir,
+            target_date=target, skeleton_only=args.skeleton_only, enrich_only=args.enrich_only,
+            output_root=args.output_root, day_workers=args.day_workers, envelope=envelope,
+            progress=_progress, force=args.force)
     print(summary.to_json() if args.json else summary.human())
     return 0
 
@@ -147,7 +156,8 @@ def cmd_store(args) -> int:
 def cmd_materialize_day(args) -> int:
     from daedalus.defs.agent import materialize_day
 
-    summary = materialize_day(args.service, args.date, progress=_progress)
+    with _summary_only_on_stdout():
+        summary = materialize_day(args.service, args.date, progress=_progress)
     print(json.dumps(summary, indent=2))
     return 0
 
