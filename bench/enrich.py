@@ -147,9 +147,9 @@ def single_process(args: argparse.Namespace) -> None:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=config.runtime.enrich_batch_rows,
                                                        columns=read):
             table = enrich.compact_table(pa_table(batch), plan.enrichments, tables,
-                                         plan.columns)
+                                         plan.columns, shared=tables)
             rows += enrich.write_part(table, target / f"part-{part:05d}.parquet",
-                                      plan.sink.compression, plain)
+                                      plan.sink.compression, plain, tables)
             part += 1
     seconds = time.perf_counter() - started
     print(json.dumps({"rows": rows, "stage_s": seconds, "preload_s": preload,

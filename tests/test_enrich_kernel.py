@@ -235,6 +235,72 @@ def test_write_part_writes_the_expanded_rows_in_row_groups(tmp_path, monkeypatch
     assert not (tmp_path / "empty.parquet").exists()
 
 
+def test_lookups_in_a_shared_store_are_row_numbers_the_writer_gathers(tmp_path) -> None:
+    """With the day's vectors preloaded, the actors hand the writer only each row's row number
+    in the shared matrix (null for an id the store lacks, or a null id); the writer gathers
+    the vectors from that matrix: the same file, bit for bit, as from the dictionary form."""
+    import pyarrow.parquet as pq
+
+    from daedalus import enrich
+    from daedalus.errors import DaedalusError
+
+    rng = np.random.default_rng(11)
+    store = make_store(rng, np.arange(1, 31))
+    ids = np.array(sorted(store), dtype=np.int64)
+    table = EmbeddingTable.from_rows(ids, np.stack([store[i] for i in ids]))
+    artwork = [int(a) for a in rng.choice(np.arange(0, 40), 25)] + [None, 7, 7, 99]
+    batch = pa.table({"row": np.arange(len(artwork)), "artwork_id": pa.array(artwork, pa.int64())})
+    lookup_e = enrich.Enrichment("image_embedding", "lookup", "artwork_id", "art")
+    columns = ["row", "image_embedding"]
+
+    compact = enrich.compact_table(batch, [lookup_e], {"art": table}, columns, shared={"art"})
+    field = compact.schema.field("image_embedding")
+    assert field.type == pa.int32() and field.metadata == {enrich.ROWS_OF_KEY: b"art"}
+    assert compact.column("image_embedding").nbytes <= 5 * len(artwork)   # no vectors in it
+    want = [store[a].view(np.uint16).tolist() if a in store else None for a in artwork]
+    expanded = enrich.expand_table(compact, {"art": table})
+    assert expanded.schema.field("image_embedding").type == pa.list_(pa.float16())
+    assert as_rows(expanded.column("image_embedding").combine_chunks()) == want
+    dictionary = enrich.compact_table(batch, [lookup_e], {"art": table}, columns)
+    assert pa.types.is_dictionary(dictionary.schema.field("image_embedding").type)
+
+    for name, block, tables in (("shared", compact, {"art": table}), ("dict", dictionary, None)):
+        assert enrich.write_part(block, tmp_path / f"{name}.parquet", "zstd", ["row"],
+                                 tables) == len(artwork)
+    assert pq.read_table(tmp_path / "shared.parquet").equals(pq.read_table(tmp_path / "dict.parquet"))
+    with pytest.raises(DaedalusError, match="image_embedding: the writer does not hold store 'art'"):
+        enrich.expand_table(compact)
+
+
+def test_the_skeleton_datasource_reads_the_day_in_order_in_batch_sized_pieces(tmp_path) -> None:
+    """One read task per run of whole row groups of about `batch_rows` rows, its rows and size
+    known from the footer (no sampling task); read in task order, the tasks give every row of
+    every file once, in order, only the asked columns, in blocks of at most `batch_rows`."""
+    import pyarrow.parquet as pq
+
+    from daedalus import enrich
+
+    files = []
+    for i, n in enumerate((7, 0, 12, 4)):
+        path = tmp_path / f"part-{i}.parquet"
+        pq.write_table(pa.table({"row": np.arange(n) + 100 * i, "x": np.zeros(n),
+                                 "like": pa.array([[1, 2]] * n, pa.list_(pa.int64()))}),
+                       path, row_group_size=3)
+        files.append(path)
+    source, pieces = enrich.skeleton_source(files, ["row", "like"], batch_rows=5)
+    tasks = source.get_read_tasks(1)
+    assert len(tasks) == pieces
+    sizes = [t.metadata.num_rows for t in tasks]
+    assert [n for n in sizes if n] == [6, 1, 6, 6, 4]           # groups of 3: 3+3 | 1 | 3+3 ...
+    assert all(t.metadata.input_files for t in tasks)
+    assert source.estimate_inmemory_data_size() > 0
+    blocks = [list(t.read_fn()) for t in tasks]
+    assert [sum(b.num_rows for b in bs) for bs in blocks] == sizes
+    assert all(b.num_rows <= 5 and b.column_names == ["row", "like"] for bs in blocks for b in bs)
+    rows = [r for bs in blocks for b in bs for r in b.column("row").to_pylist()]
+    assert rows == list(range(7)) + list(range(200, 212)) + list(range(300, 304))
+
+
 @pytest.mark.parametrize("ids", [[], [5, 3, 5, 0], [2**40, 7, 7], [-3, 4, -3], list(range(1000, 0, -3))])
 def test_unique_ids_is_sorted_unique(ids) -> None:
     arr = np.array(ids, dtype=np.int64)

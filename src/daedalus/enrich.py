@@ -1,16 +1,19 @@
 """Enrich stage: append the embedding columns on Ray Data actors backed by the Lance store.
 
-Per day, one streaming Ray Data plan: `read_parquet` over the skeleton day's files
-(in order) → `map_batches` on an actor pool (`EnrichBatches`, pyarrow batches) →
-a parquet datasink writing into a staging folder, with `preserve_order` on so every
-shard is a contiguous, chronological range of the day. The staging folder gets a
-manifest and is renamed into place: a day is complete or absent, and a day
-already enriched from the same skeleton day and store is skipped.
+Per day, one streaming Ray Data plan: a read of the skeleton day's files in
+order (`skeleton_source`, pieces of whole row groups) → `map_batches` on an actor
+pool (`EnrichBatches`, pyarrow batches) → a parquet datasink writing into a
+staging folder, with `preserve_order` on so every shard is a contiguous,
+chronological range of the day. The staging folder gets a manifest and is
+renamed into place: a day is complete or absent, and a day already enriched from
+the same skeleton day and store is skipped.
 
-The actors compute each batch's distinct vectors (looked-up embeddings, window
-means) and return them as Arrow dictionary columns; the datasink's write tasks
-expand them into the contract's list<halffloat> columns as they write. Only the
-distinct vectors cross the object store, not the ~4.6 GB a 1M-row day expands to.
+The actors hand the writers a compact form of each batch: the window means as an
+Arrow dictionary column of the batch's distinct means, and the looked-up
+embeddings as row numbers into the day's preloaded matrix, which the writers map
+zero-copy too (without preload: a dictionary column of the distinct vectors). The
+datasink's write tasks expand them into the contract's list<halffloat> columns as
+they write, so the ~4.6 GB a 1M-row day expands to never crosses the object store.
 
 With `preload_day_embeddings` (the default) the driver takes the day's needed
 float16 vectors from the store once and puts them in the object store; actors
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -51,8 +55,10 @@ import pyarrow.parquet as pq
 
 from daedalus.avg_pool import (
     EmbeddingTable,
+    PooledVectors,
     expand_dictionary,
     fp16_dictionary_array,
+    fp16_list_array,
     like_windows,
     lookup_pool,
     unique_ids,
@@ -66,6 +72,7 @@ from daedalus.executor import DayResult, RayEnvelope
 from daedalus.faults import crash_point
 from daedalus.manifest import Manifest, day_state, enrich_fingerprint, read_manifest, write_manifest
 from daedalus.operators import OperatorPipeline, RayUdfTransform, Sink
+from daedalus.preload_box import PreloadBox
 
 # Workers run this venv's python (daedalus is installed in it); Ray's `uv run` hook would
 # instead package the working directory and start every worker through uv. Both must be set
@@ -75,6 +82,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 Progress = Callable[[str], None]
 PROVENANCE_KEY = b"daedalus.enrich"
+# Field metadata of a compact column holding row numbers into a shared store's matrix.
+ROWS_OF_KEY = b"daedalus.rows_of"
 EMBEDDING_TYPE = pa.list_(pa.float16())
 _MISSING_ID = np.iinfo(np.int64).min
 # Write tasks ask for half a CPU, so two run on each CPU the actors leave: writing two
@@ -82,8 +91,9 @@ _MISSING_ID = np.iinfo(np.int64).min
 # filled by a second writer instead of staying idle.
 WRITE_TASK_CPUS = 0.5
 # A read task is a streaming generator that lives, paused by backpressure, as long as its
-# file lasts: any CPU it asks for is held away from the writers all that time, for ~1% of
-# the stage's work. Reads ask for none; Ray Data's memory backpressure still bounds them.
+# piece lasts: any CPU it asks for is held away from the writers all that time, for ~1% of
+# the stage's work. Reads ask for none, one at a time; Ray Data's memory backpressure still
+# bounds them.
 READ_TASK_CPUS = 0
 # Rows per parquet row group of the enriched output (~46 MB of two 1152-d float16 columns).
 ROW_GROUP_ROWS = 10_000
@@ -172,12 +182,22 @@ def needed_ids(batch: pa.Table, enrichments: Iterable[Enrichment]) -> np.ndarray
 
 
 def compact_table(batch: pa.Table, enrichments: Iterable[Enrichment],
-                  tables: dict[str, EmbeddingTable], columns: list[str]) -> pa.Table:
-    """The batch with each enrichment's column set, in `columns` order, in compact form: a
-    dictionary column of the batch's distinct vectors (what the actors hand the writer)."""
+                  tables: dict[str, EmbeddingTable], columns: list[str],
+                  shared: Iterable[str] = ()) -> pa.Table:
+    """The batch with each enrichment's column set, in `columns` order, in compact form (what
+    the actors hand the writer): a dictionary column of the batch's distinct vectors, or, for
+    a lookup in a store the writer holds too (`shared`: the day's preloaded vectors), just
+    each row's row number in that store's matrix, tagged with the store's name."""
+    shared = set(shared)
     out: dict[str, pa.Array] = {}
+    fields: dict[str, pa.Field] = {}
     for e in enrichments:
         table = tables[e.store]
+        if e.kind == "lookup" and e.store in shared:
+            rows = table.rows_of(_ids(batch.column(e.input_column)))
+            out[e.name] = pa.array(rows.astype(np.int32), mask=rows == table.missing_row)
+            fields[e.name] = pa.field(e.name, pa.int32(), metadata={ROWS_OF_KEY: e.store})
+            continue
         if e.kind == "lookup":
             pooled = lookup_pool(_ids(batch.column(e.input_column)), table)
         else:
@@ -186,17 +206,24 @@ def compact_table(batch: pa.Table, enrichments: Iterable[Enrichment],
                      else np.zeros(batch.num_rows, dtype=np.int64))
             pooled = window_pool(like_windows(group, offsets, values), table)
         out[e.name] = fp16_dictionary_array(pooled)
+        fields[e.name] = pa.field(e.name, out[e.name].type)
     arrays = [out[name] if name in out else batch.column(name) for name in columns]
-    fields = [pa.field(name, out[name].type) if name in out else batch.schema.field(name)
-              for name in columns]
-    return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=batch.schema.metadata))
+    schema = [fields[name] if name in out else batch.schema.field(name) for name in columns]
+    return pa.Table.from_arrays(arrays, schema=pa.schema(schema, metadata=batch.schema.metadata))
 
 
-def expand_table(table: pa.Table) -> pa.Table:
-    """`compact_table`'s output as written: every dictionary column becomes list<halffloat>."""
+def expand_table(table: pa.Table, tables: dict[str, EmbeddingTable] | None = None) -> pa.Table:
+    """`compact_table`'s output as written: every compact column becomes list<halffloat>;
+    row numbers into a shared store are gathered from `tables`, that store's matrix."""
     fields, arrays = [], []
     for field, column in zip(table.schema, table.columns, strict=True):
-        if pa.types.is_dictionary(field.type):
+        store = (field.metadata or {}).get(ROWS_OF_KEY)
+        if store is not None:
+            matrix = _shared_matrix(tables, store.decode(), field.name)
+            column = pa.chunked_array([_gather(matrix, c) for c in column.chunks],
+                                      type=EMBEDDING_TYPE)
+            field = pa.field(field.name, EMBEDDING_TYPE)
+        elif pa.types.is_dictionary(field.type):
             column = pa.chunked_array([expand_dictionary(c) for c in column.chunks],
                                       type=EMBEDDING_TYPE)
             field = pa.field(field.name, EMBEDDING_TYPE)
@@ -205,10 +232,38 @@ def expand_table(table: pa.Table) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=table.schema.metadata))
 
 
+def _shared_matrix(tables: dict[str, EmbeddingTable] | None, store: str, column: str) -> np.ndarray:
+    if not tables or store not in tables:
+        raise DaedalusError(f"{column}: the writer does not hold store {store!r}'s preloaded"
+                            " vectors (fix: rerun the day; if it persists, report it)")
+    return tables[store].matrix
+
+
+def _gather(matrix: np.ndarray, rows: pa.Array) -> pa.ListArray:
+    index = rows.fill_null(-1).to_numpy(zero_copy_only=False)
+    return fp16_list_array(*PooledVectors(index, matrix).expanded())
+
+
 def enrich_table(batch: pa.Table, enrichments: Iterable[Enrichment],
                  tables: dict[str, EmbeddingTable], columns: list[str]) -> pa.Table:
     """The batch with each enrichment's column (list<halffloat>) set, in `columns` order."""
-    return expand_table(compact_table(batch, enrichments, tables, columns))
+    return expand_table(compact_table(batch, enrichments, tables, columns, shared=tables), tables)
+
+
+def handed_over(handoff: tuple[Any, str]) -> dict[str, EmbeddingTable]:
+    """The day's preloaded tables, from the runtime's PreloadBox (waits for the preload);
+    mapped zero-copy from the object store."""
+    import ray
+
+    box, key = handoff
+    preloaded = ray.get(box.get.remote(key))
+    if isinstance(preloaded, str):
+        raise DaedalusError(preloaded)
+    tables = {}
+    for store, refs in preloaded.items():
+        ids, matrix = ray.get(list(refs))
+        tables[store] = EmbeddingTable(ids=ids, matrix=matrix)
+    return tables
 
 
 class EnrichBatches:
@@ -221,15 +276,8 @@ class EnrichBatches:
         self.columns = spec["columns"]
         self.tables: dict[str, EmbeddingTable] = {}
         self.readers: dict[str, StoreReader] = {}
-        preloaded: dict | str = {}
         if spec["handoff"] is not None:
-            box, key = spec["handoff"]
-            preloaded = ray.get(box.get.remote(key))
-            if isinstance(preloaded, str):
-                raise DaedalusError(preloaded)
-        for store, refs in preloaded.items():
-            ids, matrix = ray.get(list(refs))
-            self.tables[store] = EmbeddingTable(ids=ids, matrix=matrix)
+            self.tables = handed_over(spec["handoff"])
         for store, args in spec["readers"].items():
             self.readers[store] = StoreReader(**args)
         ctx = ray.get_runtime_context()
@@ -241,41 +289,9 @@ class EnrichBatches:
         for store, reader in self.readers.items():
             mine = [e for e in self.enrichments if e.store == store]
             tables[store] = reader.table(needed_ids(batch, mine))
-        table = compact_table(batch, self.enrichments, tables, self.columns)
+        table = compact_table(batch, self.enrichments, tables, self.columns, shared=self.tables)
         return table.replace_schema_metadata({**(table.schema.metadata or {}),
                                               PROVENANCE_KEY: self.provenance})
-
-
-class PreloadBox:
-    """Hands a day's preloaded vectors (object refs) to that day's actors. The driver starts
-    the Ray Data plan while it is still loading them, so Ray Data boots the actor pool and
-    starts reading meanwhile, and each actor's constructor waits here for them instead of the
-    whole plan waiting for the preload. A failed preload hands over its error message."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._days: dict[str, tuple[threading.Event, list]] = {}
-
-    def _slot(self, key: str) -> tuple[threading.Event, list]:
-        with self._lock:
-            return self._days.setdefault(key, (threading.Event(), []))
-
-    def put(self, key: str, value: dict | str) -> None:
-        ready, held = self._slot(key)
-        held.append(value)
-        ready.set()
-
-    def get(self, key: str) -> dict | str:
-        ready, held = self._slot(key)
-        ready.wait()
-        return held[0]
-
-    def drop(self, key: str) -> None:
-        """Forget the day's vectors; an actor that asks after this gets an error, not a wait."""
-        over = threading.Event()
-        over.set()
-        with self._lock:
-            self._days[key] = (over, [f"{key}: the day's plan is over"])
 
 
 # -- Ray ----------------------------------------------------------------------------------------
@@ -574,6 +590,59 @@ def _natural(path: Path) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
 
 
+def skeleton_source(files: list[Path], columns: list[str], batch_rows: int):
+    """A Ray Data datasource over the skeleton day's files, in order: one read task per run of
+    whole row groups of about `batch_rows` rows (at least one group), reading only `columns`.
+
+    Not `read_parquet`, for two reasons measured on the bench day: it samples files in a Ray
+    task before it returns, and on a process's first day that task waited ~7 s for a worker
+    process to boot and import Ray Data, holding back the whole plan (here every piece's rows
+    and size come from the footers); and it merges a file's batches into ~128 MiB blocks, so
+    an actor got ~300K rows at once and the writers waited for all of them. A piece per block
+    keeps the stream as fine as the batches."""
+    from ray.data import Datasource, ReadTask
+    from ray.data.block import BlockMetadata
+
+    pieces = []
+    for path in files:
+        meta = pq.ParquetFile(path).metadata
+        wanted = [i for i in range(meta.num_columns)
+                  if meta.schema.column(i).path.split(".")[0] in columns]
+        groups, rows, size = [], 0, 0
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            groups.append(g)
+            rows += group.num_rows
+            size += sum(group.column(i).total_uncompressed_size for i in wanted)
+            if rows >= batch_rows or g == meta.num_row_groups - 1:
+                pieces.append((str(path), tuple(groups), rows, size))
+                groups, rows, size = [], 0, 0
+
+    class SkeletonDay(Datasource):
+        def get_name(self) -> str:
+            return "SkeletonDay"
+
+        def estimate_inmemory_data_size(self) -> int:
+            return sum(size for *_, size in pieces)
+
+        def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                           data_context: Any = None) -> list:
+            return [ReadTask(functools.partial(_read_piece, path, groups, columns, batch_rows),
+                             BlockMetadata(num_rows=rows, size_bytes=size, input_files=[path],
+                                           exec_stats=None),
+                             per_task_row_limit=per_task_row_limit)
+                    for path, groups, rows, size in pieces]
+
+    return SkeletonDay(), len(pieces)
+
+
+def _read_piece(path: str, groups: tuple[int, ...], columns: list[str],
+                batch_rows: int) -> Iterator[pa.Table]:
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, row_groups=groups,
+                                                   columns=columns):
+        yield pa.Table.from_batches([batch])
+
+
 def _check_skeleton(files: list[Path], plan: EnrichPlan) -> int:
     """Every file has the sink's columns and the enrichments' inputs; returns the row count."""
     rows = 0
@@ -618,45 +687,50 @@ def actor_cpus(envelope: RayEnvelope) -> float:
     return max(0.1, min(1.0, (envelope.num_cpus - WRITE_TASK_CPUS) / pool))
 
 
-def _parquet_sink(folder: Path, compression: str, plain: list[str]):
+def _parquet_sink(folder: Path, compression: str, plain: list[str],
+                  handoff: tuple[Any, str] | None = None):
     """The write side of the plan: each block the actors return (compact form) is expanded to
     the contract's list<halffloat> columns and written as `part-<task>-<block>.parquet`,
     numbered by write task so names sort like the rows. Expanding here rather than in the
     actor keeps the day's ~4.6 GB of float16 vectors out of the object store: only each
-    batch's distinct vectors cross it."""
+    batch's distinct window means cross it, and looked-up vectors are gathered straight from
+    the day's preloaded matrix (`handoff`), which the writers map zero-copy as the actors do."""
     from ray.data import Datasink
     from ray.data.block import BlockAccessor
 
     class EnrichedParquetSink(Datasink[int]):
         def write(self, blocks, ctx) -> int:
-            rows = sum(_write_block(block, folder / f"part-{ctx.task_idx:05d}-{i}.parquet")
+            tables = handed_over(handoff) if handoff is not None else {}
+            rows = sum(write_part(BlockAccessor.for_block(block).to_arrow(),
+                                  folder / f"part-{ctx.task_idx:05d}-{i}.parquet",
+                                  compression, plain, tables)
                        for i, block in enumerate(blocks))
+            del tables
             # An idle worker never gives its allocator's free pages back on its own, and the
             # raylet keeps several writers alive between tasks (see `idle_workers`).
             pa.default_memory_pool().release_unused()
             return rows
 
-    def _write_block(block, path: Path) -> int:
-        return write_part(BlockAccessor.for_block(block).to_arrow(), path, compression, plain)
-
     return EnrichedParquetSink()
 
 
-def write_part(table: pa.Table, path: Path, compression: str, plain: list[str]) -> int:
+def write_part(table: pa.Table, path: Path, compression: str, plain: list[str],
+               tables: dict[str, EmbeddingTable] | None = None) -> int:
     """Write one compact block (`compact_table`'s form) as a parquet file of list<halffloat>
-    columns, expanding and writing `ROW_GROUP_ROWS` rows at a time. Embedding columns get
-    neither dictionary pages nor statistics (`plain` lists the columns that do).
+    columns, expanding and writing `ROW_GROUP_ROWS` rows at a time (`tables`: the shared
+    stores its row-number columns point into). Embedding columns get neither dictionary
+    pages nor statistics (`plain` lists the columns that do).
 
     Row groups of a whole 50K-row batch (~230 MB expanded) cost a third more: buffers that
     large go straight back to the OS when freed, so every batch paid its page faults again
     (on 2 CPUs, ~40% of the writer's time was system time)."""
     if table.num_rows == 0:
         return 0
-    schema = expand_table(table.slice(0, 0)).schema
+    schema = expand_table(table.slice(0, 0), tables).schema
     with pq.ParquetWriter(path, schema, compression=compression, use_dictionary=plain,
                           write_statistics=plain) as writer:
         for start in range(0, table.num_rows, ROW_GROUP_ROWS):
-            writer.write_table(expand_table(table.slice(start, ROW_GROUP_ROWS)),
+            writer.write_table(expand_table(table.slice(start, ROW_GROUP_ROWS), tables),
                                row_group_size=ROW_GROUP_ROWS)
     return table.num_rows
 
@@ -794,8 +868,9 @@ def _enrich_day(plan: EnrichPlan, config: Config, day: dt.date, files: list[Path
     with staged_day(enriched_root, day) as staging, preload as handoff:
         started = time.perf_counter()
         spec["handoff"] = handoff
-        ds = ray.data.read_parquet([str(f) for f in files], columns=read_columns,
-                                   partitioning=None, num_cpus=READ_TASK_CPUS)
+        source, pieces = skeleton_source(files, read_columns, config.runtime.enrich_batch_rows)
+        ds = ray.data.read_datasource(source, override_num_blocks=pieces, concurrency=1,
+                                      num_cpus=READ_TASK_CPUS)
         with warnings.catch_warnings():
             # max_restarts only passes through the deprecated **ray_remote_args. No restarts:
             # a restarted actor could not get its preloaded arguments back (ray#53727), and a
@@ -810,7 +885,7 @@ def _enrich_day(plan: EnrichPlan, config: Config, day: dt.date, files: list[Path
         with warnings.catch_warnings():
             # A small day has fewer blocks than the cap: Ray Data warns about it on every run.
             warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks")
-            ds.write_datasink(_parquet_sink(staging, plan.sink.compression, plain),
+            ds.write_datasink(_parquet_sink(staging, plan.sink.compression, plain, handoff),
                               ray_remote_args={"num_cpus": WRITE_TASK_CPUS},
                               concurrency=write_concurrency(envelope))
         timings["ray"] = time.perf_counter() - started
