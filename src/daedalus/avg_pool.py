@@ -291,5 +291,10 @@ def expand_dictionary(column: pa.DictionaryArray) -> pa.ListArray:
     """`fp16_dictionary_array`'s column as the contract's list<halffloat>, one gather."""
     k, dim = len(column.dictionary), column.type.value_type.list_size
     vectors = column.dictionary.flatten().to_numpy(zero_copy_only=False).reshape(k, dim)
-    index = column.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+    return gather_rows(vectors, column.indices)
+
+
+def gather_rows(vectors: np.ndarray, rows: pa.Array) -> pa.ListArray:
+    """list<halffloat> of `vectors[rows[r]]` per row, null where `rows` is null."""
+    index = rows.fill_null(-1).to_numpy(zero_copy_only=False)
     return fp16_list_array(*PooledVectors(index, vectors).expanded())

@@ -55,10 +55,9 @@ import pyarrow.parquet as pq
 
 from daedalus.avg_pool import (
     EmbeddingTable,
-    PooledVectors,
     expand_dictionary,
     fp16_dictionary_array,
-    fp16_list_array,
+    gather_rows,
     like_windows,
     lookup_pool,
     unique_ids,
@@ -220,7 +219,7 @@ def expand_table(table: pa.Table, tables: dict[str, EmbeddingTable] | None = Non
         store = (field.metadata or {}).get(ROWS_OF_KEY)
         if store is not None:
             matrix = _shared_matrix(tables, store.decode(), field.name)
-            column = pa.chunked_array([_gather(matrix, c) for c in column.chunks],
+            column = pa.chunked_array([gather_rows(matrix, c) for c in column.chunks],
                                       type=EMBEDDING_TYPE)
             field = pa.field(field.name, EMBEDDING_TYPE)
         elif pa.types.is_dictionary(field.type):
@@ -237,11 +236,6 @@ def _shared_matrix(tables: dict[str, EmbeddingTable] | None, store: str, column:
         raise DaedalusError(f"{column}: the writer does not hold store {store!r}'s preloaded"
                             " vectors (fix: rerun the day; if it persists, report it)")
     return tables[store].matrix
-
-
-def _gather(matrix: np.ndarray, rows: pa.Array) -> pa.ListArray:
-    index = rows.fill_null(-1).to_numpy(zero_copy_only=False)
-    return fp16_list_array(*PooledVectors(index, matrix).expanded())
 
 
 def enrich_table(batch: pa.Table, enrichments: Iterable[Enrichment],
