@@ -97,18 +97,19 @@ def child(args: argparse.Namespace) -> None:
     shutil.rmtree(ENRICHED, ignore_errors=True)
     quiet = lambda _: None  # noqa: E731
     started = time.perf_counter()
-    effective = enrich.ray_runtime(envelope, quiet)
-    ray_start = time.perf_counter() - started
-    started = time.perf_counter()
     cpu = time.process_time()
     [result] = enrich.run_enrich_stage(pipeline, config, [DAY], SKELETON, ENRICHED,
                                        envelope=envelope, progress=quiet)
     seconds = time.perf_counter() - started
     manifest = json.loads((ENRICHED / f"dt={DAY}" / "_manifest.json").read_text())
-    out = {"rows": result.rows, "stage_s": seconds, "ray_start_s": ray_start,
-           "driver_cpu_s": time.process_time() - cpu, "files": len(manifest["files"]),
-           "timings": manifest["timings"], "actors": effective.actor_pool_size(),
-           "ray_cpus": effective.num_cpus}
+    effective = enrich._RUNTIME.envelope
+    # The stage starts Ray on its first day (reading that day's vectors meanwhile) and
+    # records how long the day waited for it; the cold day is the rest.
+    ray_start = manifest["timings"]["ray_start"]
+    out = {"rows": result.rows, "stage_s": seconds - ray_start, "ray_start_s": ray_start,
+           "first_call_s": seconds, "driver_cpu_s": time.process_time() - cpu,
+           "files": len(manifest["files"]), "timings": manifest["timings"],
+           "actors": effective.actor_pool_size(), "ray_cpus": effective.num_cpus}
     if args.warm:
         # The same day again in the same process (--force): what each later day of a backfill
         # pays once Ray Data's own actors and the worker processes exist.
@@ -316,7 +317,8 @@ def main() -> None:
     for i in range(args.repeat):
         run = measured_run(args)
         extra = "".join(f"; {label} {run[key]:.1f}s" for key, label in (
-            ("ray_start_s", "ray start"), ("warm_stage_s", "warm day"), ("preload_s", "preload"),
+            ("ray_start_s", "ray start"), ("first_call_s", "ray start + day"),
+            ("warm_stage_s", "warm day"), ("preload_s", "preload"),
             ("cpu_s", "cpu")) if key in run)
         log(f"run {i + 1} ({run['mode']}): {run['rows']:,} rows in {run['stage_s']:.1f}s"
             f" ({run['rows_per_s']:,.0f} rows/s), floor {run['floor_s']:.1f}s"

@@ -322,6 +322,34 @@ def test_the_actors_wait_for_a_slow_preload(ray_cluster, planted, monkeypatch) -
     assert timings["preload"] >= 3 and timings["ray"] >= timings["preload"]
 
 
+def test_the_first_day_reads_its_vectors_while_ray_starts(ray_cluster, planted,
+                                                          monkeypatch) -> None:
+    """A process's first day reads its vectors (no Ray needed) on a thread while Ray starts;
+    later days read theirs with Ray up. Both match the brute force."""
+    import ray
+
+    _, _, store, days, tmp = planted
+    real, ray_up = enrich.day_table, []
+
+    def watched(*args, **kwargs):
+        ray_up.append(ray.is_initialized())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(enrich, "day_table", watched)
+    enrich.shutdown_ray()
+    try:
+        results = run(planted)
+    finally:
+        enrich.ray_runtime(TEST_ENVELOPE, progress=lambda _: None)  # the session's Ray again
+    assert [r.status for r in results] == ["written", "written"]
+    assert ray_up == [False, True]
+    for day, skeleton in days.items():
+        folder = tmp / "out_enriched" / f"dt={day:%Y-%m-%d}"
+        assert_matches_reference(read_day(folder), skeleton, store)
+    first = json.loads((tmp / "out_enriched" / f"dt={DAY}" / "_manifest.json").read_text())
+    assert first["timings"]["ray_start"] > 0.5  # a real start, which the day waited for
+
+
 def test_a_failed_preload_is_the_error_raised_and_no_day_is_written(ray_cluster, planted,
                                                                    monkeypatch) -> None:
     """The actors, waiting for the preload, fail with its message; the driver raises the
