@@ -364,8 +364,8 @@ def _start_box():
 
 def _warm_writers(envelope: RayEnvelope) -> None:
     """Have the worker processes that will run the first write tasks import what they need
-    now, while the driver preloads the day, rather than after the first batch (~7 s on 2
-    CPUs). Fire and forget: nothing waits for these tasks."""
+    now, while the driver preloads the day, rather than after the first batch (seconds on
+    2 CPUs). Fire and forget: nothing waits for these tasks."""
     import ray
 
     writers = int((envelope.num_cpus - actor_cpus(envelope) * envelope.actor_pool_size())
@@ -589,8 +589,8 @@ def skeleton_source(files: list[Path], columns: list[str], batch_rows: int):
     whole row groups of about `batch_rows` rows (at least one group), reading only `columns`.
 
     Not `read_parquet`, for two reasons measured on the bench day: it samples files in a Ray
-    task before it returns, and on a process's first day that task waited ~7 s for a worker
-    process to boot and import Ray Data, holding back the whole plan (here every piece's rows
+    task before it returns, and on a process's first day that task waited seconds for a
+    worker process to boot and import Ray Data, holding back the whole plan (here every piece's rows
     and size come from the footers); and it merges a file's batches into ~128 MiB blocks, so
     an actor got ~300K rows at once and the writers waited for all of them. A piece per block
     keeps the stream as fine as the batches."""
@@ -906,7 +906,7 @@ def _enrich_day(plan: EnrichPlan, config: Config, day: dt.date, files: list[Path
 def _day_tables(plan: EnrichPlan, files: list[Path], stores: dict[str, dict]
                 ) -> dict[str, EmbeddingTable]:
     """Every store's vectors for the day, read with no Ray: a process's first day reads them
-    while Ray starts (~7 s on 2 CPUs with a core mostly idle), not after."""
+    while Ray starts (3-4 s on 2 CPUs, one core mostly idle), not after."""
     return {store: day_table(files, [e for e in plan.enrichments if e.store == store],
                              stores[store]) for store in plan.stores}
 
