@@ -590,10 +590,10 @@ def skeleton_source(files: list[Path], columns: list[str], batch_rows: int):
 
     Not `read_parquet`, for two reasons measured on the bench day: it samples files in a Ray
     task before it returns, and on a process's first day that task waited seconds for a
-    worker process to boot and import Ray Data, holding back the whole plan (here every piece's rows
-    and size come from the footers); and it merges a file's batches into ~128 MiB blocks, so
-    an actor got ~300K rows at once and the writers waited for all of them. A piece per block
-    keeps the stream as fine as the batches."""
+    worker process to boot and import Ray Data, holding back the whole plan (here every
+    piece's rows and size come from the footers); and it merges a file's batches into ~128 MiB
+    blocks, so an actor got ~300K rows at once and the writers waited for all of them. A
+    piece per block keeps the stream as fine as the batches."""
     from ray.data import Datasource, ReadTask
     from ray.data.block import BlockMetadata
 
@@ -903,12 +903,16 @@ def _enrich_day(plan: EnrichPlan, config: Config, day: dt.date, files: list[Path
     return written, parts
 
 
+def _store_table(plan: EnrichPlan, files: list[Path], stores: dict[str, dict],
+                 store: str) -> EmbeddingTable:
+    return day_table(files, [e for e in plan.enrichments if e.store == store], stores[store])
+
+
 def _day_tables(plan: EnrichPlan, files: list[Path], stores: dict[str, dict]
                 ) -> dict[str, EmbeddingTable]:
     """Every store's vectors for the day, read with no Ray: a process's first day reads them
     while Ray starts (3-4 s on 2 CPUs, one core mostly idle), not after."""
-    return {store: day_table(files, [e for e in plan.enrichments if e.store == store],
-                             stores[store]) for store in plan.stores}
+    return {store: _store_table(plan, files, stores, store) for store in plan.stores}
 
 
 @contextlib.contextmanager
@@ -931,10 +935,10 @@ def _preloading(plan: EnrichPlan, files: list[Path], stores: dict[str, dict], da
         started = time.perf_counter()
         try:
             preloaded = {}
-            tables = loaded.result() if loaded is not None else {}
+            tables = loaded.result() if loaded is not None else None
             for store in plan.stores:
-                table = tables.pop(store) if store in tables else day_table(
-                    files, [e for e in plan.enrichments if e.store == store], stores[store])
+                table = (tables.pop(store) if tables is not None
+                         else _store_table(plan, files, stores, store))
                 pair = (ray.put(table.ids), ray.put(table.matrix))
                 refs.extend(pair)
                 preloaded[store] = pair
