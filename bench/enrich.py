@@ -102,7 +102,7 @@ def child(args: argparse.Namespace) -> None:
                                        envelope=envelope, progress=quiet)
     seconds = time.perf_counter() - started
     manifest = json.loads((ENRICHED / f"dt={DAY}" / "_manifest.json").read_text())
-    effective = enrich._RUNTIME.envelope
+    effective = enrich.ray_runtime(envelope, quiet)  # the running one, as the stage sized it
     # The stage starts Ray on its first day (reading that day's vectors meanwhile) and
     # records how long the day waited for it; the cold day is the rest.
     ray_start = manifest["timings"]["ray_start"]
