@@ -56,21 +56,21 @@ EMBEDDING_COLUMNS = ["image_embedding", "like_artwork_avg_embeds"]
 def load():
     os.environ["DAEDALUS_SOURCES_ROOT"] = str(SOURCES)
     os.environ["DAEDALUS_STORE_ROOT"] = str(STORE_ROOT)
-    from daedalus.compiler import compile_service
-    from daedalus.config import load_config
-    from daedalus.registry import load_registry
+    from daedalus.core.config import load_config
+    from daedalus.core.registry import load_registry
+    from daedalus.engine.pipeline import compiled_pipeline
 
     os.chdir(REPO)
     config = load_config().with_runtime(output_root=SKELETON, feed_start=DAY, feed_end=DAY)
     registry = load_registry("feature_views", "feature_services")
-    return config, registry, compile_service(registry, "dssm_ranking", config)
+    return config, registry, compiled_pipeline(registry, "dssm_ranking", config)
 
 
 def prepare(log) -> None:
     """Bench sources, the skeleton day and the store, each made once."""
-    from daedalus import embedding_store
-    from daedalus.demo_data import PRESETS, generate_demo_data
-    from daedalus.skeleton import run_skeleton_stage
+    from daedalus.demo.data import PRESETS, generate_demo_data
+    from daedalus.skeleton.stage import run_skeleton_stage
+    from daedalus.store import lance_store as embedding_store
 
     if not (SOURCES / "_demo_data.json").exists():
         log(f"generating the bench sources under {SOURCES} ...")
@@ -86,8 +86,8 @@ def prepare(log) -> None:
 
 def child(args: argparse.Namespace) -> None:
     """One measured run, in its own process: start Ray, enrich the day, print timings."""
-    from daedalus import enrich
-    from daedalus.executor import RayEnvelope
+    from daedalus.core.envelope import RayEnvelope
+    from daedalus.enrich import stage as enrich
 
     config, _, pipeline = load()
     if args.io_cpus:
@@ -126,7 +126,7 @@ def single_process(args: argparse.Namespace) -> None:
     the same batches and writes them with the stage's writer settings, one file per batch."""
     import pyarrow.parquet as pq
 
-    from daedalus import enrich
+    from daedalus.enrich import stage as enrich
 
     config, _, pipeline = load()
     envelope = enrich.RayEnvelope.from_settings(config.runtime.ray)
@@ -168,7 +168,7 @@ def floor(folder: Path) -> dict:
     dictionary, no statistics, its row groups); time it."""
     import pyarrow.parquet as pq
 
-    from daedalus.enrich import ROW_GROUP_ROWS
+    from daedalus.enrich.stage import ROW_GROUP_ROWS
 
     files = sorted(folder.glob("*.parquet"))
     table = pq.read_table(files, columns=EMBEDDING_COLUMNS)
@@ -235,7 +235,8 @@ def kernel(log) -> list[dict]:
     """Avg-pool kernel on synthetic sliding windows: 7 vs 30 days, prefix sums vs naive."""
     import numpy as np
 
-    from daedalus.avg_pool import EmbeddingTable, like_windows, window_means
+    from daedalus.enrich.kernel import like_windows, window_means
+    from daedalus.store.table import EmbeddingTable
 
     rng = np.random.default_rng(0)
     users, rows, artworks, days = 20_000, 200_000, 100_000, 30

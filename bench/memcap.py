@@ -150,7 +150,7 @@ def _alive(pid: int) -> bool:
 def envelope_limit_gb(runtime_config: Path) -> float:
     """The Ray envelope's memory (`ray.memory_gb`), clamped to 80% of this machine."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from daedalus.yamlio import load_yaml_mapping
+    from daedalus.core.yamlio import load_yaml_mapping
 
     ray = load_yaml_mapping(runtime_config, "runtime config").get("ray") or {}
     host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30

@@ -117,7 +117,7 @@ def floor_duckdb_read(config, pipeline) -> float:
 
     import duckdb
 
-    from daedalus.manifest import scan_days
+    from daedalus.layout.manifest import scan_days
 
     day = dt.date.fromisoformat(DAY)
     con = duckdb.connect(config={"threads": config.runtime.compute.duckdb_config.threads})
@@ -137,7 +137,7 @@ def floor_fp16_write(enriched: Path, work: Path) -> float:
     groups (in memory before the clock starts)."""
     import pyarrow.parquet as pq
 
-    from daedalus.enrich import ROW_GROUP_ROWS
+    from daedalus.enrich.stage import ROW_GROUP_ROWS
 
     cols = ["image_embedding", "like_artwork_avg_embeds"]
     files = sorted(enriched.glob("*.parquet"))
@@ -182,13 +182,13 @@ def main() -> None:
 
     prepare(log)
     os.environ.update({k: v for k, v in env().items() if k.startswith("DAEDALUS")})
-    from daedalus.compiler import compile_service
-    from daedalus.config import load_config
-    from daedalus.registry import load_registry
+    from daedalus.core.config import load_config
+    from daedalus.core.registry import load_registry
+    from daedalus.engine.pipeline import compiled_pipeline
 
     os.chdir(REPO)
     config = load_config()
-    pipeline = compile_service(load_registry(), "dssm_ranking", config)
+    pipeline = compiled_pipeline(load_registry(), "dssm_ranking", config)
     work = Path(tempfile.mkdtemp(prefix="bench-", dir=BENCH))
     polars_runtime = work / "runtime-polars.yaml"
     runtime = REPO / "config/training/runtime.yaml"

@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from daedalus.demo_data import PRESETS, DemoDataSpec, generate_demo_data  # noqa: E402
+from daedalus.demo.data import PRESETS, DemoDataSpec, generate_demo_data  # noqa: E402
 
 BENCH = REPO / "data/bench"
 BENCH_SPEC = PRESETS["bench"]
@@ -155,7 +155,7 @@ def run_once(case: Case, tmp: Path) -> dict:
 # exits; ru_maxrss would also count this parent's RSS at fork time (after data generation).
 _CHILD = """
 import os, sys
-from daedalus.cli import main
+from daedalus.cli.main import main
 rc = main(sys.argv[1:])
 with open("/proc/self/status") as fh:
     hwm = next(line.split()[1] for line in fh if line.startswith("VmHWM:"))

@@ -52,8 +52,8 @@ class Project:
         path.write_text(text.replace(old, new, 1))
 
     def load(self):
-        from daedalus.config import load_config
-        from daedalus.registry import load_registry
+        from daedalus.core.config import load_config
+        from daedalus.core.registry import load_registry
 
         return (load_config(self.base, self.runtime, self.aggregations),
                 load_registry(self.views, self.services))

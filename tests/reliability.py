@@ -23,9 +23,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from daedalus.days import present_days
-from daedalus.demo_data import DemoDataSpec, generate_demo_data
-from daedalus.manifest import read_manifest
+from daedalus.demo.data import DemoDataSpec, generate_demo_data
+from daedalus.layout.days import present_days
+from daedalus.layout.manifest import read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = DemoDataSpec(days=2, users=200, artworks=500, events_per_day=2000)

@@ -28,10 +28,11 @@ import pytest
 from reliability import D1, D2, REPO, Workspace, demo_sources, workspace
 
 from daedalus.cli import main
-from daedalus.compiler import compile_service, override_path
-from daedalus.config import load_config
-from daedalus.days import LOCK_DIR
-from daedalus.registry import load_registry
+from daedalus.core.compiler import override_path
+from daedalus.core.config import load_config
+from daedalus.core.registry import load_registry
+from daedalus.engine.pipeline import compiled_pipeline
+from daedalus.layout.days import LOCK_DIR
 
 TS = pa.timestamp("us", tz="UTC")
 DIM = 1152
@@ -139,7 +140,7 @@ def _hand_edited_dag(old: str, new: str, count: int = -1) -> Callable:
         p = ws.project
         config = load_config(p / BASE, p / RUNTIME, p / AGGREGATIONS)
         registry = load_registry(p / "feature_views", p / "feature_services")
-        text = compile_service(registry, "dssm_ranking", config).to_yaml()
+        text = compiled_pipeline(registry, "dssm_ranking", config).to_yaml()
         assert old in text, old
         override_path("dssm_ranking", p / "config/pipelines").write_text(
             text.replace(old, new, count))
@@ -251,7 +252,7 @@ CASES = [
          ("s3:/bucket/stores/artwork_embedding", "the store must be on local disk",
           "DAEDALUS_STORE_ROOT")),
     Case("store_on_a_network_filesystem",
-         lambda ws, mp: mp.setattr("daedalus.embedding_store.filesystem_type",
+         lambda ws, mp: mp.setattr("daedalus.store.lance_store.filesystem_type",
                                    lambda path, mounts=None: "nfs4") or [],
          ("store/artwork_embedding: embedding store is on a nfs4 network filesystem",
           "DAEDALUS_STORE_ROOT")),

@@ -5,13 +5,14 @@ from __future__ import annotations
 import yaml
 
 from daedalus.cli import main
-from daedalus.compiler import compile_service, override_path, resolve_pipeline
-from daedalus.operators import OPERATOR_KINDS, OperatorPipeline, load_pipeline_yaml
+from daedalus.core.compiler import override_path
+from daedalus.core.operators import OPERATOR_KINDS, OperatorPipeline, load_pipeline_yaml
+from daedalus.engine.pipeline import compiled_pipeline, resolve_pipeline
 
 
 def compiled(project):
     config, registry = project.load()
-    return compile_service(registry, "dssm_ranking", config)
+    return compiled_pipeline(registry, "dssm_ranking", config)
 
 
 def test_dag_uses_all_nine_kinds_with_declared_engines(project):
@@ -61,7 +62,7 @@ def test_compile_no_write_writes_nothing(project, capsys, tmp_path):
 
 def test_hand_edited_override_takes_precedence(project):
     config, registry = project.load()
-    pipeline = compile_service(registry, "dssm_ranking", config)
+    pipeline = compiled_pipeline(registry, "dssm_ranking", config)
     text = pipeline.to_yaml().replace("ttl: 3d", "ttl: 1d")
     override_path("dssm_ranking", project.pipelines).write_text(text)
     resolved, source = resolve_pipeline(registry, "dssm_ranking", config, project.pipelines)
@@ -71,7 +72,7 @@ def test_hand_edited_override_takes_precedence(project):
 
 def test_engine_outside_can_run_on_is_refused(project, capsys):
     config, registry = project.load()
-    text = compile_service(registry, "dssm_ranking", config).to_yaml()
+    text = compiled_pipeline(registry, "dssm_ranking", config).to_yaml()
     marker = "engine: pythonic\n  description: Ray Data actors"
     assert marker in text
     override_path("dssm_ranking", project.pipelines).write_text(
@@ -87,7 +88,7 @@ def test_engine_outside_can_run_on_is_refused(project, capsys):
 
 def test_override_with_dangling_input_is_refused(project, capsys):
     config, registry = project.load()
-    text = compile_service(registry, "dssm_ranking", config).to_yaml()
+    text = compiled_pipeline(registry, "dssm_ranking", config).to_yaml()
     override_path("dssm_ranking", project.pipelines).write_text(
         text.replace("- filter_spine_day\n", "- filter_spine_dya\n", 1))
     rc = main(["pipeline", "train", "dssm_ranking", "--pipelines-dir", str(project.pipelines),

@@ -7,8 +7,8 @@ import datetime as dt
 import pytest
 
 from daedalus.cli import main
-from daedalus.config import load_config, parse_duration
-from daedalus.errors import DaedalusError
+from daedalus.core.config import load_config, parse_duration
+from daedalus.core.errors import DaedalusError
 
 
 def run_cli(argv, capsys):

@@ -20,7 +20,7 @@ from daedalus.audit import (
     leakage_audit,
     written_day,
 )
-from daedalus.demo_data import SCHEMAS
+from daedalus.demo.data import SCHEMAS
 
 DAY = dt.date(2026, 2, 5)
 T = dt.datetime(2026, 2, 5, 12, tzinfo=dt.UTC)

@@ -10,10 +10,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from daedalus.core.errors import DaedalusError
 from daedalus.defs import DaedalusConfig, build_defs
 from daedalus.defs.agent import materialize_day
 from daedalus.defs.training import training_job, training_schedule
-from daedalus.errors import DaedalusError
 
 REPO = Path(__file__).resolve().parents[1]
 VIEWS = {"feed_impressions", "user_profile", "artwork_stats", "user_likes"}

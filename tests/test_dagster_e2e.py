@@ -28,10 +28,10 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from daedalus.core.errors import DaedalusError
 from daedalus.defs import DaedalusConfig, build_defs
 from daedalus.defs.agent import materialize_day
-from daedalus.errors import DaedalusError
-from daedalus.manifest import read_manifest
+from daedalus.layout.manifest import read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINING = dg.AssetKey("dssm_ranking_training")
@@ -77,7 +77,7 @@ def _edit(path: Path, old: str, new: str) -> None:
 
 @pytest.fixture(scope="module")
 def demo_data(tmp_path_factory) -> tuple[Path, Path]:
-    from daedalus.demo_data import DemoDataSpec, generate_demo_data
+    from daedalus.demo.data import DemoDataSpec, generate_demo_data
 
     root = tmp_path_factory.mktemp("demo")
     generate_demo_data(root / "sources", DemoDataSpec())
@@ -143,10 +143,10 @@ def test_one_partition_through_the_job_writes_the_day_with_its_metadata(material
     expected = _impressions(demo, DAYS[0])
     assert expected > 0
 
-    from daedalus.compiler import compile_service
+    from daedalus.engine.pipeline import compiled_pipeline
 
     config, registry = demo.resource().load_config(), demo.resource().load_registry()
-    compiled = compile_service(registry, "dssm_ranking", config)
+    compiled = compiled_pipeline(registry, "dssm_ranking", config)
     compile_meta = _step_metadata(result, "dssm_ranking_training.compile_pipeline")
     assert compile_meta["operators"] == len(compiled.operators)
     assert [op["name"] for op in compile_meta["dag"]["operators"]] == [

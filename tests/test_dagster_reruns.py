@@ -25,7 +25,7 @@ def _materialization(result: dg.ExecuteInProcessResult):
 
 @pytest.mark.slow
 def test_rerun_of_a_stale_partition_recomputes_and_says_so(tmp_path):
-    from daedalus.demo_data import DemoDataSpec, generate_demo_data
+    from daedalus.demo.data import DemoDataSpec, generate_demo_data
 
     sources = tmp_path / "sources"
     generate_demo_data(sources, DemoDataSpec(days=1, users=150, artworks=400, events_per_day=1500))

@@ -13,8 +13,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from daedalus.demo_data import PRESETS, DemoDataSpec, generate_demo_data
-from daedalus.errors import DaedalusError
+from daedalus.core.errors import DaedalusError
+from daedalus.demo.data import PRESETS, DemoDataSpec, generate_demo_data
 
 DAY_US = 86_400_000_000
 TS = pa.timestamp("us", tz="UTC")

@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from daedalus import embedding_store as es
 from daedalus.cli import main
-from daedalus.errors import DaedalusError
+from daedalus.core.errors import DaedalusError
+from daedalus.store import lance_store as es
 
 DIM = 1152
 

@@ -25,11 +25,11 @@ import pyarrow.parquet as pq
 import pytest
 from reliability import descendants, listening_addresses
 
-from daedalus import enrich
 from daedalus.cli import main
-from daedalus.compiler import compile_service
-from daedalus.errors import DaedalusError
-from daedalus.executor import RayEnvelope
+from daedalus.core.envelope import RayEnvelope
+from daedalus.core.errors import DaedalusError
+from daedalus.engine.pipeline import compiled_pipeline
+from daedalus.enrich import stage as enrich
 
 DIM = 1152
 DAY = dt.date(2026, 2, 1)
@@ -203,7 +203,7 @@ def planted(project):
     for day, table in days.items():
         write_skeleton_day(tmp / "out", day, table)
     config, registry = project.load()
-    pipeline = compile_service(registry, "dssm_ranking", config)
+    pipeline = compiled_pipeline(registry, "dssm_ranking", config)
     return config, pipeline, store, days, tmp
 
 
@@ -410,7 +410,7 @@ def test_envelope_sizes_the_actor_pool() -> None:
 @pytest.mark.slow
 def test_daeda_pipeline_train_runs_skeleton_then_enrich(ray_cluster, project, capsys) -> None:
     """End to end through the CLI on the small demo preset; checked against the brute force."""
-    from daedalus.demo_data import PRESETS, generate_demo_data
+    from daedalus.demo.data import PRESETS, generate_demo_data
 
     tmp = project.root.parent
     generate_demo_data(tmp / "sources", PRESETS["small"])

@@ -6,8 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from daedalus.avg_pool import (
-    EmbeddingTable,
+from daedalus.enrich.kernel import (
     expand_dictionary,
     fp16_dictionary_array,
     fp16_list_array,
@@ -18,6 +17,7 @@ from daedalus.avg_pool import (
     window_means,
     window_pool,
 )
+from daedalus.store.table import EmbeddingTable
 
 DIM = 8
 
@@ -212,7 +212,7 @@ def test_write_part_writes_the_expanded_rows_in_row_groups(tmp_path, monkeypatch
     file is the block expanded at once, bit for bit, nulls (a slice of only nulls) too."""
     import pyarrow.parquet as pq
 
-    from daedalus import enrich
+    from daedalus.enrich import stage as enrich
 
     rng = np.random.default_rng(7)
     store = make_store(rng, np.arange(1, 21))
@@ -241,8 +241,8 @@ def test_lookups_in_a_shared_store_are_row_numbers_the_writer_gathers(tmp_path) 
     the vectors from that matrix: the same file, bit for bit, as from the dictionary form."""
     import pyarrow.parquet as pq
 
-    from daedalus import enrich
-    from daedalus.errors import DaedalusError
+    from daedalus.core.errors import DaedalusError
+    from daedalus.enrich import stage as enrich
 
     rng = np.random.default_rng(11)
     store = make_store(rng, np.arange(1, 31))
@@ -278,7 +278,7 @@ def test_the_skeleton_datasource_reads_the_day_in_order_in_batch_sized_pieces(tm
     every file once, in order, only the asked columns, in blocks of at most `batch_rows`."""
     import pyarrow.parquet as pq
 
-    from daedalus import enrich
+    from daedalus.enrich import stage as enrich
 
     files = []
     for i, n in enumerate((7, 0, 12, 4)):

@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 from test_enrich import DAY, TEST_ENVELOPE, assert_matches_reference, planted, read_day  # noqa: F401
 
-from daedalus import enrich
 from daedalus.cli import main
+from daedalus.enrich import stage as enrich
 
 pytestmark = pytest.mark.slow
 

@@ -63,7 +63,7 @@ def test_polars_engine_follows_a_hand_edited_window_and_cap(planted, tmp_path, c
 
 @pytest.mark.slow
 def test_polars_engine_matches_duckdb_bytes_on_the_small_demo(project, tmp_path):
-    from daedalus.demo_data import PRESETS, generate_demo_data
+    from daedalus.demo.data import PRESETS, generate_demo_data
 
     generate_demo_data(project.root.parent / "sources", PRESETS["small"])
     assert train(project, "--output-root", str(tmp_path / "duckdb")) == 0
@@ -73,7 +73,7 @@ def test_polars_engine_matches_duckdb_bytes_on_the_small_demo(project, tmp_path)
 
 
 def test_the_polars_engine_really_runs_the_aggregate(planted, tmp_path, monkeypatch):  # noqa: F811
-    import daedalus.rolling_polars as rolling_polars
+    import daedalus.skeleton.polars_engine as rolling_polars
 
     calls = []
     real = rolling_polars.rolling_aggregate

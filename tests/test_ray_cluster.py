@@ -37,8 +37,8 @@ from test_enrich import (  # noqa: F401
     read_day,
 )
 
-from daedalus import enrich
 from daedalus.cli import main
+from daedalus.enrich import stage as enrich
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +61,7 @@ def _leftovers(marker: str) -> list[str]:
 # nodes until its stdin closes, and removes them.
 _CLUSTER = """
 import sys
-from daedalus import enrich
+from daedalus.enrich import stage as enrich
 enrich._loopback_only(True)
 from ray.cluster_utils import Cluster
 cluster = Cluster(initialize_head=True, shutdown_at_exit=False, head_node_args={

@@ -6,8 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from daedalus.errors import DaedalusError
-from daedalus.registry import check_source_schema, output_columns, validate_service
+from daedalus.core.errors import DaedalusError
+from daedalus.core.registry import check_source_schema, output_columns, validate_service
 
 
 def validate(project, check_sources=False):

@@ -3,7 +3,7 @@ does; in between, readers only ever see complete days and no half-built store, a
 removes what the killed run left (staging and scratch folders, temp files).
 
 The CLI runs as a child process in its own session; `DAEDALUS_TEST_CRASH_AT` (see
-`daedalus.faults`) makes it SIGKILL itself at the point, `DAEDALUS_TEST_PAUSE_AT` stop itself
+`daedalus.core.faults`) makes it SIGKILL itself at the point, `DAEDALUS_TEST_PAUSE_AT` stop itself
 there so the test can look around (and try a second run) before killing it. Every child's
 session is killed at the end, Ray's processes included.
 """

@@ -17,9 +17,9 @@ import pytest
 import yaml
 from reliability import REPO, workspace
 
-from daedalus import yamlio
 from daedalus.cli import main
-from daedalus.enrich import redact_address
+from daedalus.core import yamlio
+from daedalus.enrich.stage import redact_address
 
 SOURCE_FILES = sorted((REPO / "src").rglob("*.py")) + sorted((REPO / "bench").rglob("*.py"))
 
@@ -87,7 +87,7 @@ def test_servers_are_started_on_loopback_only() -> None:
     makefile = (REPO / "Makefile").read_text()
     dev = [line for line in makefile.splitlines() if "dagster dev" in line]
     assert dev and all("-h 127.0.0.1" in line for line in dev), dev
-    enrich = (REPO / "src/daedalus/enrich.py").read_text()
+    enrich = "".join(p.read_text() for p in sorted((REPO / "src/daedalus/enrich").glob("*.py")))
     assert '_node_ip_address="127.0.0.1"' in enrich and "include_dashboard=False" in enrich
     for path in [REPO / "Makefile", REPO / "README.md", *SOURCE_FILES,
                  *sorted((REPO / "docs").glob("*.md"))]:

@@ -13,10 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from daedalus.cli import main
-from daedalus.compiler import compile_service, override_path
-from daedalus.days import day_path
-from daedalus.demo_data import DemoDataSpec, generate_demo_data
-from daedalus.manifest import read_manifest
+from daedalus.core.compiler import override_path
+from daedalus.demo.data import DemoDataSpec, generate_demo_data
+from daedalus.engine.pipeline import compiled_pipeline
+from daedalus.layout.days import day_path
+from daedalus.layout.manifest import read_manifest
 
 DAYS = [dt.date(2026, 2, 1), dt.date(2026, 2, 2), dt.date(2026, 2, 3)]
 SPEC = DemoDataSpec(days=3, users=150, artworks=400, events_per_day=1500)
@@ -104,7 +105,7 @@ def test_feature_view_change_recomputes_and_changes_values(trained, capsys):
 
 def test_hand_edited_dag_override_recomputes(trained, capsys):
     config, registry = trained.load()
-    text = compile_service(registry, "dssm_ranking", config).to_yaml()
+    text = compiled_pipeline(registry, "dssm_ranking", config).to_yaml()
     override_path("dssm_ranking", trained.pipelines).write_text(text.replace("max_items: 50", "max_items: 5"))
     before = written_at(trained)
     assert train(trained) == 0
@@ -137,7 +138,7 @@ def test_json_stdout_is_only_the_summary_while_ray_prints_warnings(trained, caps
     the driver's stdout, from a thread, whenever they come; under `--json` they go to stderr."""
     from ray._private.worker import print_to_stdstream
 
-    from daedalus import executor
+    from daedalus.engine import runner as executor
 
     real = executor.run_pipeline
 

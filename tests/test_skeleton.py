@@ -390,7 +390,7 @@ def test_a_failed_day_leaves_nothing_half_written(planted, capsys):
 
 def test_demo_small_preset_matches_the_reference(project, capsys):
     """The generator's own planted cases (midnight sessions, heavy likers, boundary rows)."""
-    from daedalus.demo_data import PRESETS, generate_demo_data
+    from daedalus.demo.data import PRESETS, generate_demo_data
 
     sources = project.root.parent / "sources"
     spec = PRESETS["small"]
@@ -409,7 +409,7 @@ def test_demo_small_preset_matches_the_reference(project, capsys):
 def test_assign_qid_keeps_known_sessions_and_numbers_new_ones_in_first_seen_order():
     import pyarrow as pa
 
-    from daedalus.qid import assign_qid
+    from daedalus.layout.qid import assign_qid
 
     known = pa.Table.from_batches(
         [], schema=pa.schema([("feed_session", pa.string()), ("qid", pa.int64())])

@@ -20,9 +20,9 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from daedalus.config import Config, parse_duration
-from daedalus.days import day_path, present_days
-from daedalus.registry import ARROW_TYPES, FeatureView, Registry, aggregation_spec
+from daedalus.core.config import Config, parse_duration
+from daedalus.core.registry import ARROW_TYPES, FeatureView, Registry, aggregation_spec
+from daedalus.layout.days import day_path, present_days
 
 AUDIT_BATCH_ROWS = 500_000  # output rows per audited batch: bounds the audit's memory
 EXAMPLES = 5  # leaked rows shown per feature group

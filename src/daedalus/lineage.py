@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from daedalus.config import Config
-from daedalus.errors import DaedalusError
-from daedalus.registry import Registry, check_service, service_views
+from daedalus.core.config import Config
+from daedalus.core.errors import DaedalusError
+from daedalus.core.registry import Registry, check_service, service_views
 
 
 def lineage(registry: Registry, config: Config, name: str) -> dict:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import dagster as dg
 
+from daedalus.core.errors import DaedalusError
 from daedalus.defs.partitions import daily_partitions
 from daedalus.defs.training import training_asset_name, training_job_name
-from daedalus.errors import DaedalusError
 
 PROJECT_DAGSTER_HOME = Path(".dagster_home")
 DEFAULT_INSTANCE_YAML = "telemetry:\n  enabled: false\n"
@@ -58,7 +58,7 @@ def _failure(result: dg.ExecuteInProcessResult) -> str:
         error, root = event.step_failure_data.error, None
         while error is not None:
             if error.cls_name == "DaedalusError":
-                return error.message.strip().removeprefix("daedalus.errors.DaedalusError: ")
+                return error.message.strip().removeprefix("daedalus.core.errors.DaedalusError: ")
             root, error = error, error.cause
         if root is not None and not first:
             first = f"step {event.step_key}: {root.message.strip().splitlines()[0]}"

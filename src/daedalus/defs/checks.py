@@ -10,10 +10,10 @@ from pathlib import Path
 import dagster as dg
 
 from daedalus.audit import embedding_coverage, impression_count, leakage_audit, written_day
-from daedalus.config import Config, enriched_root_for
+from daedalus.core.config import Config, enriched_root_for
+from daedalus.core.registry import Registry
 from daedalus.defs.partitions import daily_partitions
 from daedalus.defs.resources import DaedalusConfig
-from daedalus.registry import Registry
 
 
 def _final_root(config: Config, registry: Registry, service: str) -> Path:

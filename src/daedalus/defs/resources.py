@@ -1,7 +1,7 @@
 """`DaedalusConfig`: where the engine reads config and sources and writes output, per run.
 
 The resource only resolves paths into the engine's own `Config`; every rule about
-what a path may hold stays in `daedalus.config`.
+what a path may hold stays in `daedalus.core.config`.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from daedalus.config import Config, enriched_root_for, load_config
-from daedalus.errors import DaedalusError
-from daedalus.executor import RayEnvelope
-from daedalus.registry import Registry, load_registry
+from daedalus.core.config import Config, enriched_root_for, load_config
+from daedalus.core.envelope import RayEnvelope
+from daedalus.core.errors import DaedalusError
+from daedalus.core.registry import Registry, load_registry
 
 
 class DaedalusConfig(dg.ConfigurableResource):

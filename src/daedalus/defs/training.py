@@ -14,15 +14,15 @@ import dagster as dg
 
 from daedalus import __version__
 from daedalus.audit import written_day
-from daedalus.compiler import resolve_pipeline
-from daedalus.config import Config, enriched_root_for
-from daedalus.days import day_path
+from daedalus.core.config import Config, enriched_root_for
+from daedalus.core.operators import OperatorPipeline
+from daedalus.core.registry import Registry, service_views
 from daedalus.defs.partitions import daily_partitions
 from daedalus.defs.resources import DaedalusConfig
-from daedalus.executor import plan_pipeline, run_pipeline
-from daedalus.manifest import read_manifest
-from daedalus.operators import OperatorPipeline
-from daedalus.registry import Registry, service_views
+from daedalus.engine.pipeline import resolve_pipeline
+from daedalus.engine.runner import plan_pipeline, run_pipeline
+from daedalus.layout.days import day_path
+from daedalus.layout.manifest import read_manifest
 
 SERVICE_TAG = "daedalus/service"
 

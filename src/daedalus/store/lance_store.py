@@ -34,12 +34,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from daedalus.avg_pool import EmbeddingTable
-from daedalus.config import Config, EmbeddingStoreSpec
-from daedalus.errors import DaedalusError
-from daedalus.faults import crash_point
-from daedalus.registry import column_null_count, open_parquet
-from daedalus.scratch import scratch_dir
+from daedalus.core.config import Config, EmbeddingStoreSpec
+from daedalus.core.errors import DaedalusError
+from daedalus.core.faults import crash_point
+from daedalus.core.registry import column_null_count, open_parquet
+from daedalus.layout.scratch import scratch_dir
+from daedalus.store.table import EmbeddingTable
 
 Progress = Callable[[str], None]
 METADATA_KEY = b"daedalus.store"

@@ -22,9 +22,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from daedalus.days import LOCK_DIR, present_days
-from daedalus.errors import DaedalusError
-from daedalus.faults import crash_point
+from daedalus.core.errors import DaedalusError
+from daedalus.core.faults import crash_point
+from daedalus.layout.days import LOCK_DIR, present_days
 
 
 def assign_qid(

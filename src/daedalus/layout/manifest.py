@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from daedalus import __version__
-from daedalus.config import Config, parse_duration
-from daedalus.days import MANIFESTS_DIR, day_name, day_path
+from daedalus.core.config import Config, parse_duration
+from daedalus.layout.days import MANIFESTS_DIR, day_name, day_path
 
 MANIFEST_NAME = "_manifest.json"
 FORMAT = 1

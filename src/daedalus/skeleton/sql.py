@@ -21,9 +21,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from daedalus.config import parse_duration
-from daedalus.errors import DaedalusError
-from daedalus.operators import (
+from daedalus.core.config import parse_duration
+from daedalus.core.errors import DaedalusError
+from daedalus.core.operators import (
     ArrowUdfTransform,
     Filter,
     Join,
@@ -351,3 +351,10 @@ def operator_sql(op, pipeline: OperatorPipeline) -> str | None:
 def day_params(day: dt.date) -> dict[str, dt.datetime]:
     start = dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
     return {"day_start": start, "day_end": start + dt.timedelta(days=1)}
+
+
+def with_sql(pipeline: OperatorPipeline) -> OperatorPipeline:
+    """Attach the SQL each `sql` operator will run, so the DAG shows it."""
+    ops = tuple(op.model_copy(update={"sql": operator_sql(op, pipeline)}) if op.source_side else op
+                for op in pipeline.operators)
+    return pipeline.model_copy(update={"operators": ops})

@@ -13,8 +13,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from daedalus.errors import DaedalusError
-from daedalus.yamlio import dump_yaml, load_yaml_mapping
+from daedalus.core.errors import DaedalusError
+from daedalus.core.yamlio import dump_yaml, load_yaml_mapping
 
 Engine = Literal["sql", "sql_arrow_udf", "pythonic"]
 SOURCE_SIDE_ENGINES = frozenset({"sql", "sql_arrow_udf"})

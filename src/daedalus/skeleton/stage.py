@@ -25,8 +25,21 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from daedalus.config import Config, enriched_root_for, parse_duration
-from daedalus.days import (
+from daedalus.core.config import Config, enriched_root_for, parse_duration
+from daedalus.core.errors import DaedalusError
+from daedalus.core.faults import crash_point
+from daedalus.core.operators import (
+    ArrowUdfTransform,
+    OperatorPipeline,
+    PointInTimeJoin,
+    Project,
+    RollingAggregate,
+    Scan,
+    Sink,
+)
+from daedalus.core.registry import Registry, check_source_files
+from daedalus.core.results import DayResult
+from daedalus.layout.days import (
     day_lock,
     day_path,
     ensure_writable,
@@ -34,10 +47,7 @@ from daedalus.days import (
     staged_day,
     sweep_staging,
 )
-from daedalus.errors import DaedalusError
-from daedalus.executor import DayResult
-from daedalus.faults import crash_point
-from daedalus.manifest import (
+from daedalus.layout.manifest import (
     Manifest,
     day_state,
     read_manifest,
@@ -47,19 +57,9 @@ from daedalus.manifest import (
     write_empty_manifest,
     write_manifest,
 )
-from daedalus.operators import (
-    ArrowUdfTransform,
-    OperatorPipeline,
-    PointInTimeJoin,
-    Project,
-    RollingAggregate,
-    Scan,
-    Sink,
-)
-from daedalus.qid import QidMap
-from daedalus.registry import Registry, check_source_files
-from daedalus.scratch import scratch_dir, sweep_scratch
-from daedalus.skeleton_sql import (
+from daedalus.layout.qid import QidMap
+from daedalus.layout.scratch import scratch_dir, sweep_scratch
+from daedalus.skeleton.sql import (
     SPINE_ROW,
     day_params,
     files_param,
@@ -71,7 +71,7 @@ from daedalus.skeleton_sql import (
     sql_literal,
 )
 
-__all__ = ["operator_sql", "run_skeleton_stage", "SkeletonPlan"]
+__all__ = ["run_skeleton_stage", "SkeletonPlan"]
 
 Progress = Callable[[str], None]
 _MATERIALIZED = (Project, PointInTimeJoin, RollingAggregate)
@@ -544,7 +544,7 @@ class _DayRun:
 
     def _rolling_polars(self, op: RollingAggregate) -> int:
         """`compute.engine: polars`: the same scanned inputs, aggregated by Polars."""
-        from daedalus.rolling_polars import rolling_aggregate
+        from daedalus.skeleton.polars_engine import rolling_aggregate
 
         started = time.perf_counter()
         spine, view = op.inputs

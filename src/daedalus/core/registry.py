@@ -16,9 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from daedalus.config import AggregationSpec, Config, parse_duration
-from daedalus.errors import DaedalusError
-from daedalus.yamlio import load_yaml_mapping
+from daedalus.core.config import AggregationSpec, Config, parse_duration
+from daedalus.core.errors import DaedalusError
+from daedalus.core.yamlio import load_yaml_mapping
 
 DType = Literal["int32", "int64", "float32", "float64", "bool", "string", "timestamp"]
 

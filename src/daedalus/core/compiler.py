@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from daedalus.config import Config
-from daedalus.operators import (
+from daedalus.core.config import Config
+from daedalus.core.operators import (
     ArrowUdfTransform,
     Filter,
     Join,
@@ -25,9 +25,8 @@ from daedalus.operators import (
     Scan,
     Sink,
     SinkColumn,
-    load_pipeline_yaml,
 )
-from daedalus.registry import FeatureView, Registry, output_columns, validate_service
+from daedalus.core.registry import FeatureView, Registry, output_columns, validate_service
 
 DEFAULT_PIPELINES_DIR = Path("config/pipelines")
 SPINE_ROW = "spine_row"
@@ -127,20 +126,11 @@ def compile_service(registry: Registry, service_name: str, config: Config,
                         sort_by=sort_by, description="<output_root>_enriched/dt=YYYY-MM-DD/*.parquet"))
 
     pipeline = OperatorPipeline(service=service.name, operators=tuple(ops))
-    return with_sql(pipeline).check(f"compiled {service.name}")
-
-
-def with_sql(pipeline: OperatorPipeline) -> OperatorPipeline:
-    """Attach the SQL each `sql` operator will run, so the DAG shows it."""
-    from daedalus.skeleton import operator_sql
-
-    ops = tuple(op.model_copy(update={"sql": operator_sql(op, pipeline)}) if op.source_side else op
-                for op in pipeline.operators)
-    return pipeline.model_copy(update={"operators": ops})
+    return pipeline.check(f"compiled {service.name}")
 
 
 def _seconds(window: str) -> float:
-    from daedalus.config import parse_duration
+    from daedalus.core.config import parse_duration
 
     return parse_duration(window).total_seconds()
 
@@ -162,19 +152,3 @@ def write_generated(pipeline: OperatorPipeline, pipelines_dir: Path = DEFAULT_PI
     tmp.write_text(header + pipeline.to_yaml())
     tmp.replace(path)
     return path
-
-
-def resolve_pipeline(registry: Registry, service_name: str, config: Config,
-                     pipelines_dir: Path = DEFAULT_PIPELINES_DIR) -> tuple[OperatorPipeline, Path | None]:
-    """The DAG a train runs: the hand-edited override if present, else a fresh compile."""
-    compiled = compile_service(registry, service_name, config, check_sources=True)
-    override = override_path(service_name, pipelines_dir)
-    if override.is_file():
-        pipeline = load_pipeline_yaml(override)
-        if pipeline.service != service_name:
-            from daedalus.errors import DaedalusError
-
-            raise DaedalusError(f"{override}: service: {pipeline.service!r} is not {service_name!r}"
-                                f" (fix: set service: {service_name} or remove the file)")
-        return with_sql(pipeline), override
-    return compiled, None

@@ -8,137 +8,18 @@ sub-range of operators and returns a `RunSummary`.
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal
 
-from daedalus.config import Config, RaySettings, enriched_root_for
-from daedalus.errors import DaedalusError
-from daedalus.operators import OperatorPipeline
-from daedalus.registry import Registry
+from daedalus.core.config import Config, enriched_root_for
+from daedalus.core.envelope import RayEnvelope
+from daedalus.core.errors import DaedalusError
+from daedalus.core.operators import OperatorPipeline
+from daedalus.core.registry import Registry
+from daedalus.core.results import DayResult, RunSummary
 
 Progress = Callable[[str], None]
-DayStatus = Literal["written", "skipped", "empty"]
-
-
-@dataclass(frozen=True)
-class DayResult:
-    """What one stage did for one day."""
-
-    stage: Literal["skeleton", "enrich"]
-    day: dt.date
-    status: DayStatus
-    rows: int
-    path: str | None
-    seconds: float
-    message: str = ""
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    service: str
-    days: tuple[dt.date, ...]
-    results: tuple[DayResult, ...]
-    output_root: str
-    enriched_root: str
-    pipeline_source: str
-    seconds: float
-
-    def rows(self, stage: str) -> int:
-        return sum(r.rows for r in self.results if r.stage == stage and r.status != "empty")
-
-    def to_json(self) -> str:
-        data = asdict(self)
-        data["days"] = [d.isoformat() for d in self.days]
-        for r in data["results"]:
-            r["day"] = r["day"].isoformat()
-        return json.dumps(data, indent=2)
-
-    def human(self) -> str:
-        lines = [f"{self.service}: {len(self.days)} day(s) in {self.seconds:.1f}s"]
-        for stage, root in (("skeleton", self.output_root), ("enrich", self.enriched_root)):
-            res = [r for r in self.results if r.stage == stage]
-            if not res:
-                continue
-            counts = {s: sum(1 for r in res if r.status == s) for s in ("written", "skipped", "empty")}
-            lines.append(f"  {stage:<8} {counts['written']} written, {counts['skipped']} skipped,"
-                         f" {counts['empty']} empty; {self.rows(stage):,} rows → {root}")
-        return "\n".join(lines)
-
-
-@dataclass(frozen=True)
-class RayEnvelope:
-    """The resource budget of the pythonic operators (spec 02/03: 16c / 64 GiB by default)."""
-
-    num_cpus: int = 16
-    memory_gb: float = 64
-    object_store_gb: float = 20
-    system_reserved_cpus: int = 1
-    system_reserved_memory_gb: float = 4
-    num_workers: int | None = None
-    preload_day_embeddings: bool = True
-    address: str | None = None
-    notes: tuple[str, ...] = field(default=(), compare=False)
-
-    @classmethod
-    def from_settings(cls, settings: RaySettings, **overrides) -> RayEnvelope:
-        values = settings.model_dump()
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        if values["num_cpus"] <= 0:
-            raise DaedalusError(f"--ray-num-cpus: {values['num_cpus']} is not a positive CPU count"
-                                " (fix: pass 1 or more)")
-        if values.get("num_workers") is not None and values["num_workers"] <= 0:
-            raise DaedalusError(f"--num-workers: {values['num_workers']} is not a positive actor"
-                                " count (fix: pass 1 or more, or leave it out to size the pool)")
-        return cls(**values)
-
-    @property
-    def worker_cpu_budget(self) -> int:
-        return max(1, self.num_cpus - self.system_reserved_cpus)
-
-    def actor_pool_size(self) -> int:
-        """~80% of the worker CPUs, so Ray Data read/write tasks are never starved."""
-        size = self.num_workers or max(1, int(self.worker_cpu_budget * 0.8))
-        return max(1, min(size, self.worker_cpu_budget))
-
-    def clamped_to_machine(self) -> RayEnvelope:
-        """A local cluster cannot exceed the host: clamp CPUs and memory, saying so."""
-        if self.address:
-            return self
-        notes = list(self.notes)
-        cpus = os.cpu_count() or 1
-        num_cpus = self.num_cpus
-        if num_cpus > cpus:
-            notes.append(f"ray num_cpus {num_cpus} clamped to this machine's {cpus}")
-            num_cpus = cpus
-        total_gb = _host_memory_gb()
-        memory_gb = self.memory_gb
-        if memory_gb > total_gb * 0.8:
-            memory_gb = round(total_gb * 0.8, 1)
-            notes.append(f"ray memory {self.memory_gb} GiB clamped to {memory_gb} GiB (80% of host)")
-        object_store_gb = min(self.object_store_gb, memory_gb * 0.3, _shm_gb() * 0.8)
-        if object_store_gb < self.object_store_gb:
-            object_store_gb = round(object_store_gb, 1)
-            notes.append(f"ray object store {self.object_store_gb} GiB clamped to {object_store_gb} GiB")
-        return replace(self, num_cpus=num_cpus, memory_gb=memory_gb, object_store_gb=object_store_gb,
-                       system_reserved_cpus=min(self.system_reserved_cpus, max(0, num_cpus - 1)),
-                       notes=tuple(notes))
-
-
-def _host_memory_gb() -> float:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-
-
-def _shm_gb() -> float:
-    try:
-        st = os.statvfs("/dev/shm")
-        return st.f_bsize * st.f_blocks / 2**30
-    except OSError:
-        return _host_memory_gb() * 0.3
 
 
 def parse_target_date(text: str | None) -> dt.date | None:
@@ -189,13 +70,13 @@ def run_pipeline(
     prepared = _check_inputs(pipeline, registry, config, days, envelope, enrich_only,
                              skeleton_only, progress, skeleton_root, enriched_root)
     if not enrich_only:
-        from daedalus.skeleton import run_skeleton_stage
+        from daedalus.skeleton.stage import run_skeleton_stage
 
         results += run_skeleton_stage(pipeline, config, days, skeleton_root,
                                       day_workers=config.runtime.day_workers, progress=progress,
                                       force=force)
     if not skeleton_only and pipeline.has_enrichment:
-        from daedalus.enrich import run_enrich_stage
+        from daedalus.enrich.stage import run_enrich_stage
 
         results += run_enrich_stage(pipeline, config, days, skeleton_root, enriched_root,
                                     envelope=envelope, progress=progress, force=force,
@@ -210,16 +91,16 @@ def _check_inputs(pipeline, registry, config, days, envelope, enrich_only, skele
     """Bad sources, output roots, stores or Ray addresses fail here, before anything is written.
     Returns the enrich stage's prepared plan and stores (None without enrichment), which the
     stage then reuses instead of opening and checking every store again."""
-    from daedalus.days import ensure_writable
+    from daedalus.layout.days import ensure_writable
 
     enrich = not skeleton_only and pipeline.has_enrichment
     if not enrich_only:
-        from daedalus.skeleton import check_sources
+        from daedalus.skeleton.stage import check_sources
 
         check_sources(pipeline, registry, config, days)
         ensure_writable(skeleton_root)
     if enrich:
-        from daedalus.enrich import prepare_enrich
+        from daedalus.enrich.stage import prepare_enrich
 
         ensure_writable(enriched_root, "enriched output root")
         return prepare_enrich(pipeline, config, envelope, progress)
@@ -240,7 +121,7 @@ def plan_pipeline(
     pipeline: OperatorPipeline | None = None,
 ):
     """What `run_pipeline` would do per day and stage, and why (`--dry-run`); runs nothing."""
-    from daedalus.status import plan, stage_states
+    from daedalus.engine.status import plan, stage_states
 
     config, pipeline, _ = _prepare(service, config, registry, pipelines_dir, skeleton_only,
                                    enrich_only, output_root, None, pipeline)
@@ -252,7 +133,7 @@ def plan_pipeline(
 
 def _prepare(service, config, registry, pipelines_dir, skeleton_only, enrich_only, output_root,
              day_workers, pipeline):
-    from daedalus.compiler import resolve_pipeline
+    from daedalus.engine.pipeline import resolve_pipeline
 
     if skeleton_only and enrich_only:
         raise DaedalusError("--skeleton-only and --enrich-only: pick at most one"

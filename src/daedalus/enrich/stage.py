@@ -53,8 +53,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from daedalus.avg_pool import (
-    EmbeddingTable,
+from daedalus.core.config import Config
+from daedalus.core.envelope import RayEnvelope
+from daedalus.core.errors import DaedalusError
+from daedalus.core.faults import crash_point
+from daedalus.core.operators import OperatorPipeline, RayUdfTransform, Sink
+from daedalus.core.results import DayResult
+from daedalus.enrich.kernel import (
     expand_dictionary,
     fp16_dictionary_array,
     gather_rows,
@@ -63,15 +68,11 @@ from daedalus.avg_pool import (
     unique_ids,
     window_pool,
 )
-from daedalus.config import Config
-from daedalus.days import day_lock, day_path, ensure_writable, staged_day, sweep_staging
-from daedalus.embedding_store import StoreReader, ensure_store, store_version
-from daedalus.errors import DaedalusError
-from daedalus.executor import DayResult, RayEnvelope
-from daedalus.faults import crash_point
-from daedalus.manifest import Manifest, day_state, enrich_fingerprint, read_manifest, write_manifest
-from daedalus.operators import OperatorPipeline, RayUdfTransform, Sink
-from daedalus.preload_box import PreloadBox
+from daedalus.enrich.preload_box import PreloadBox
+from daedalus.layout.days import day_lock, day_path, ensure_writable, staged_day, sweep_staging
+from daedalus.layout.manifest import Manifest, day_state, enrich_fingerprint, read_manifest, write_manifest
+from daedalus.store.lance_store import StoreReader, ensure_store, store_version
+from daedalus.store.table import EmbeddingTable
 
 # Workers run this venv's python (daedalus is installed in it); Ray's `uv run` hook would
 # instead package the working directory and start every worker through uv. Both must be set
@@ -768,8 +769,8 @@ def run_enrich_stage(
     retired, and the day gets its own 0-row sidecar manifest, so a rerun skips it.
     `prepared` is `prepare_enrich`'s result when the caller has already checked the inputs.
     """
-    from daedalus.days import retire_day
-    from daedalus.manifest import remove_empty_manifest, write_empty_manifest
+    from daedalus.layout.days import retire_day
+    from daedalus.layout.manifest import remove_empty_manifest, write_empty_manifest
 
     plan, stores = prepared or prepare_enrich(pipeline, config, envelope, progress)
     skeleton_root = Path(skeleton_root).resolve()

@@ -42,7 +42,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from daedalus.errors import DaedalusError
+from daedalus.core.errors import DaedalusError
 
 DAY_US = 86_400_000_000
 EMBEDDING_DIM = 1152

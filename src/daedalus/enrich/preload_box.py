@@ -1,7 +1,7 @@
 """The PreloadBox: hands a day's preloaded vectors (object refs) to that day's Ray actors.
 
 Its own module, importing nothing heavy: the box runs in a worker process of its own,
-which then boots on `import ray` alone (with `daedalus.enrich` it also imported numpy,
+which then boots on `import ray` alone (with `daedalus.enrich.stage` it also imported numpy,
 pyarrow, pydantic and Lance, ~0.5 CPU-s more on every process start of Ray).
 """
 

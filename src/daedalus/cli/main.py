@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
-from daedalus.errors import DaedalusError
+from daedalus.core.errors import DaedalusError
 
 
 def _progress(message: str) -> None:
@@ -39,8 +39,8 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args):
-    from daedalus.config import load_config
-    from daedalus.registry import load_registry
+    from daedalus.core.config import load_config
+    from daedalus.core.registry import load_registry
 
     config = load_config(args.base_config_path, args.runtime_config_path, args.aggregation_config_path)
     registry = load_registry(args.feature_views_dir, args.feature_services_dir)
@@ -48,10 +48,11 @@ def _load(args):
 
 
 def cmd_compile(args) -> int:
-    from daedalus.compiler import compile_service, write_generated
+    from daedalus.core.compiler import write_generated
+    from daedalus.engine.pipeline import compiled_pipeline
 
     config, registry = _load(args)
-    pipeline = compile_service(registry, args.service, config)
+    pipeline = compiled_pipeline(registry, args.service, config)
     text = pipeline.to_yaml()
     if not args.no_write:
         path = write_generated(pipeline, Path(args.output_dir))
@@ -61,7 +62,7 @@ def cmd_compile(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from daedalus.executor import RayEnvelope, parse_target_date, run_pipeline
+    from daedalus.engine.runner import RayEnvelope, parse_target_date, run_pipeline
 
     config, registry = _load(args)
     target = parse_target_date(args.target_date)
@@ -70,8 +71,8 @@ def cmd_train(args) -> int:
         config.runtime.ray, num_cpus=args.ray_num_cpus, address=address, num_workers=args.num_workers,
         preload_day_embeddings=False if args.no_preload_day_embeddings else None)
     if args.dry_run:
-        from daedalus.executor import plan_pipeline
-        from daedalus.status import render
+        from daedalus.engine.runner import plan_pipeline
+        from daedalus.engine.status import render
 
         planned = plan_pipeline(
             args.service, config=config, registry=registry, pipelines_dir=args.pipelines_dir,
@@ -90,9 +91,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from daedalus.compiler import resolve_pipeline
-    from daedalus.executor import parse_target_date
-    from daedalus.status import render, stage_states
+    from daedalus.engine.pipeline import resolve_pipeline
+    from daedalus.engine.runner import parse_target_date
+    from daedalus.engine.status import render, stage_states
 
     config, registry = _load(args)
     if args.output_root:
@@ -112,7 +113,7 @@ def cmd_demo_data(args) -> int:
     import dataclasses
     import datetime as dt
 
-    from daedalus.demo_data import PRESETS, generate_demo_data
+    from daedalus.demo.data import PRESETS, generate_demo_data
 
     spec = PRESETS[args.preset]
     changes = {k: getattr(args, k) for k in ("days", "users", "artworks", "events_per_day", "seed")
@@ -142,7 +143,7 @@ def cmd_lineage(args) -> int:
 
 
 def cmd_store(args) -> int:
-    from daedalus import embedding_store
+    from daedalus.store import lance_store as embedding_store
 
     config, _ = _load(args)
     if args.store_command == "build":

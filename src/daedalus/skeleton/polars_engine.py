@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from daedalus.config import parse_duration
-from daedalus.operators import RollingAggregate, RollingSpec
+from daedalus.core.config import parse_duration
+from daedalus.core.operators import RollingAggregate, RollingSpec
 
 SPINE_ROW = "spine_row"
 _E, _TS, _T = "__entity", "__ts", "__t"

@@ -23,8 +23,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from daedalus.errors import DaedalusError
-from daedalus.faults import crash_point
+from daedalus.core.errors import DaedalusError
+from daedalus.core.faults import crash_point
 
 STAGING_PREFIX = ".staging-"
 LOCK_DIR = ".locks"

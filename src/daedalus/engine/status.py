@@ -7,10 +7,10 @@ import datetime as dt
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from daedalus.config import Config, enriched_root_for
-from daedalus.days import day_path
-from daedalus.manifest import day_state, enrich_fingerprint, read_manifest, skeleton_fingerprint
-from daedalus.operators import OperatorPipeline
+from daedalus.core.config import Config, enriched_root_for
+from daedalus.core.operators import OperatorPipeline
+from daedalus.layout.days import day_path
+from daedalus.layout.manifest import day_state, enrich_fingerprint, read_manifest, skeleton_fingerprint
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ def store_versions(pipeline: OperatorPipeline, config: Config) -> dict[str, obje
 
     A store not built yet reports "absent": status never builds it.
     """
-    from daedalus.embedding_store import _is_store, store_version
+    from daedalus.store.lance_store import _is_store, store_version
 
     names = sorted({e.store for op in pipeline.of_kind("RayUdfTransform") for e in op.enrichments})
     out: dict[str, object] = {}

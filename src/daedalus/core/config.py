@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from daedalus.errors import DaedalusError
-from daedalus.yamlio import load_yaml_mapping
+from daedalus.core.errors import DaedalusError
+from daedalus.core.yamlio import load_yaml_mapping
 
 DEFAULT_BASE_CONFIG = Path("config/base.yaml")
 DEFAULT_RUNTIME_CONFIG = Path("config/training/runtime.yaml")

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from daedalus.errors import DaedalusError, at
+from daedalus.core.errors import DaedalusError, at
 
 
 class _Loader(yaml.SafeLoader):

@@ -1,0 +1,5 @@
+import sys
+
+from daedalus.cli.main import main
+
+sys.exit(main())
