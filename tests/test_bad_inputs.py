@@ -252,7 +252,7 @@ CASES = [
          ("s3:/bucket/stores/artwork_embedding", "the store must be on local disk",
           "DAEDALUS_STORE_ROOT")),
     Case("store_on_a_network_filesystem",
-         lambda ws, mp: mp.setattr("daedalus.store.lance_store.filesystem_type",
+         lambda ws, mp: mp.setattr("daedalus.store.build.filesystem_type",
                                    lambda path, mounts=None: "nfs4") or [],
          ("store/artwork_embedding: embedding store is on a nfs4 network filesystem",
           "DAEDALUS_STORE_ROOT")),

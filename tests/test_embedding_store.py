@@ -13,7 +13,15 @@ import pytest
 
 from daedalus.cli import main
 from daedalus.core.errors import DaedalusError
-from daedalus.store import lance_store as es
+from daedalus.store.build import (
+    build_store,
+    check_local_disk,
+    ensure_store,
+    filesystem_type,
+    store_info,
+    store_version,
+)
+from daedalus.store.reader import StoreReader
 
 DIM = 1152
 
@@ -63,7 +71,7 @@ def stored(config) -> dict[int, np.ndarray]:
 
 def test_store_is_built_on_first_use_latest_dt_wins(project, sources) -> None:
     config, _ = project.load()
-    path = es.ensure_store(config, "artwork_embeddings")
+    path = ensure_store(config, "artwork_embeddings")
     assert path == project.root.parent / "store" / "artwork_embedding"
     ds = lance.dataset(str(path))
     assert ds.schema.field("image_embedding").type == pa.list_(pa.float16(), DIM)
@@ -77,7 +85,7 @@ def test_store_is_built_on_first_use_latest_dt_wins(project, sources) -> None:
 
 def test_reader_takes_vectors_by_id(project, sources) -> None:
     config, _ = project.load()
-    reader = es.StoreReader(es.ensure_store(config, "artwork_embeddings"))
+    reader = StoreReader(ensure_store(config, "artwork_embeddings"))
     table = reader.table(np.array([2, 6, 7, 99, 3]))
     assert table.ids.tolist() == [2, 3, 7]
     assert table.matrix.shape == (4, DIM) and not table.matrix[-1].any()
@@ -90,16 +98,16 @@ def test_reader_takes_vectors_by_id(project, sources) -> None:
 
 def test_build_is_idempotent_force_rebuilds_and_staleness_is_reported(project, sources) -> None:
     config, _ = project.load()
-    first = es.build_store(config, "artwork_embeddings")
-    assert es.build_store(config, "artwork_embeddings")["built_at"] == first["built_at"]
+    first = build_store(config, "artwork_embeddings")
+    assert build_store(config, "artwork_embeddings")["built_at"] == first["built_at"]
     assert first["stale"] is None and first["rows"] == len(sources)
-    version = es.store_version(Path(first["path"]))
+    version = store_version(Path(first["path"]))
     write_vectors(project.root.parent / "sources", "2026-01-30", [1], vectors([1], 3))
-    stale = es.store_info(config, "artwork_embeddings")["stale"]
+    stale = store_info(config, "artwork_embeddings")["stale"]
     assert "changed since the store was built" in stale
-    rebuilt = es.build_store(config, "artwork_embeddings", force=True)
+    rebuilt = build_store(config, "artwork_embeddings", force=True)
     assert rebuilt["stale"] is None and rebuilt["built_at"] != first["built_at"]
-    assert es.store_version(Path(rebuilt["path"])) != version
+    assert store_version(Path(rebuilt["path"])) != version
     assert np.array_equal(stored(config)[1].view(np.uint16), vectors([1], 3)[0].view(np.uint16))
     assert not [p.name for p in Path(first["path"]).parent.iterdir() if ".building-" in p.name
                 or ".old-" in p.name]
@@ -115,23 +123,23 @@ def test_wrong_vector_size_is_a_one_line_error_naming_the_partition(project, sou
                    folder / "part-0.parquet")
     config, _ = project.load()
     with pytest.raises(DaedalusError, match=r"dt=2026-01-29: image_embedding: id 42 has 1150"):
-        es.build_store(config, "artwork_embeddings")
+        build_store(config, "artwork_embeddings")
     assert not (project.root.parent / "store" / "artwork_embedding").exists()
 
 
 def test_bad_sources_are_refused(project) -> None:
     config, _ = project.load()
     with pytest.raises(DaedalusError, match="siglip2_vectors: embedding source folder does not"):
-        es.build_store(config, "artwork_embeddings")
+        build_store(config, "artwork_embeddings")
     root = project.root.parent / "sources"
     folder = root / "siglip2_vectors" / "dt=2026-01-20"
     folder.mkdir(parents=True)
     floats = pa.array([[0.5] * 4], pa.list_(pa.float32()))
     pq.write_table(pa.table({"id": [1], "image_embedding": floats}), folder / "part-0.parquet")
     with pytest.raises(DaedalusError, match=r"part-0.parquet: image_embedding: expected fixed"):
-        es.build_store(config, "artwork_embeddings")
+        build_store(config, "artwork_embeddings")
     with pytest.raises(DaedalusError, match="no store named 'nope'"):
-        es.build_store(config, "nope")
+        build_store(config, "nope")
 
 
 MOUNTS = """\
@@ -142,13 +150,13 @@ filer:/export /mnt/shared nfs4 rw,vers=4.2 0 0
 
 
 def test_store_on_a_network_filesystem_is_refused() -> None:
-    assert es.filesystem_type(Path("/mnt/shared/store"), MOUNTS) == "nfs4"
-    assert es.filesystem_type(Path("/mnt/sharedx"), MOUNTS) == "ext4"
+    assert filesystem_type(Path("/mnt/shared/store"), MOUNTS) == "nfs4"
+    assert filesystem_type(Path("/mnt/sharedx"), MOUNTS) == "ext4"
     with pytest.raises(DaedalusError, match="nfs4 network filesystem; Lance needs an atomic"):
-        es.check_local_disk(Path("/mnt/shared/store/artwork_embedding"), mounts=MOUNTS)
-    es.check_local_disk(Path("/data/store/artwork_embedding"), mounts=MOUNTS)
+        check_local_disk(Path("/mnt/shared/store/artwork_embedding"), mounts=MOUNTS)
+    check_local_disk(Path("/data/store/artwork_embedding"), mounts=MOUNTS)
     with pytest.raises(DaedalusError, match="is a URI"):
-        es.check_local_disk(Path("s3://bucket/store"))
+        check_local_disk(Path("s3://bucket/store"))
 
 
 def test_cli_store_build_and_info(project, sources, capsys) -> None:
