@@ -1,7 +1,7 @@
 """The RollingAggregate operator on Polars (`compute.engine: polars`), same output as DuckDB.
 
-The same numbered-sequence-and-slice plan as the SQL in `skeleton_sql._rolling_sql`, as one
-lazy Polars query over the Arrow tables the skeleton stage scanned:
+The same numbered-sequence-and-slice plan as the RollingAggregate SQL of `daedalus.skeleton.sql`,
+as one lazy Polars query over the Arrow tables the skeleton day scanned:
 
 - marks: per entity and timestamp, how many rows (or non-null values of a column) are at or
   before it (equal timestamps collapsed first, so an as-of match lands on the whole group);

@@ -6,10 +6,10 @@ earlier stage materialized) and the day's `$parameters`: `$day_start`, `$day_end
 `$<scan>_files` list per Scan. Values are always bound; the few literals that must be spliced
 (materialized file paths, Sink defaults) go through `sql_literal`, the one quoting helper.
 
-Point-in-time rule (contract 00): a feature row is visible at impression time `t` iff its
-timestamp is `< t` and, with a TTL, `>= t - ttl`. Among visible rows the latest wins; rows of
-one key that share that latest timestamp are broken deterministically by keeping the one with
-the largest feature values, compared in declared order, NULL lowest.
+Point-in-time rule (docs/data-contract.md): a feature row is visible at impression time `t`
+iff its timestamp is `< t` and, with a TTL, `>= t - ttl`. Among visible rows the latest wins;
+rows of one key that share that latest timestamp are broken deterministically by keeping the
+one with the largest feature values, compared in declared order, NULL lowest.
 """
 
 from __future__ import annotations

@@ -1,0 +1,279 @@
+"""`DayRun`: one skeleton day through its stages, in its own DuckDB connection and scratch folder.
+
+Every heavy operator is its own stage, materialized to a parquet file in the scratch folder
+(so DuckDB's memory is released between them): the spine (Project), each PointInTimeJoin and
+each RollingAggregate. Scans and Filters are inlined as CTEs into the stage that reads them.
+The `assign_qid` Arrow function then runs on its date-order turn (it appends to
+`qid_map.parquet`), and the Sink assembles the day (Join) and streams it, sorted, into the
+part files of a staging folder that is renamed into place: a day is complete or absent. A day
+without impressions writes no folder, only a 0-row sidecar manifest.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from daedalus.core.config import Config, enriched_root_for
+from daedalus.core.errors import DaedalusError
+from daedalus.core.faults import crash_point
+from daedalus.core.operators import ArrowUdfTransform, PointInTimeJoin, Project, RollingAggregate
+from daedalus.core.results import DayResult
+from daedalus.layout.days import day_lock, day_path, retire_day, staged_day
+from daedalus.layout.manifest import (
+    Manifest,
+    remove_empty_manifest,
+    skeleton_fingerprint,
+    write_empty_manifest,
+    write_manifest,
+)
+from daedalus.layout.qid import QidMap
+from daedalus.layout.scratch import scratch_dir
+from daedalus.skeleton.order import DateOrder
+from daedalus.skeleton.plan import SkeletonPlan
+from daedalus.skeleton.sources import day_files, unreadable_source
+from daedalus.skeleton.sql import (
+    SPINE_ROW,
+    day_params,
+    files_param,
+    ident,
+    output_columns,
+    param_names,
+    spine_scan,
+    sql_literal,
+)
+from daedalus.skeleton.writer import PartWriter, conform
+
+_MATERIALIZED = (Project, PointInTimeJoin, RollingAggregate)
+_BATCH_ROWS = 131_072
+
+
+class DayRun:
+    """One day through the stages; owns its DuckDB connection and scratch folder."""
+
+    def __init__(
+        self,
+        plan: SkeletonPlan,
+        config: Config,
+        day: dt.date,
+        output_root: Path,
+        qid_maps: dict[str, QidMap],
+        order: DateOrder,
+        index: int,
+    ):
+        self.plan, self.config, self.day = plan, config, day
+        self.output_root = output_root
+        self.qid_maps, self.order, self.index = qid_maps, order, index
+        self.timings: dict[str, float] = {}
+        self.materialized: set[str] = set()
+        duck = config.runtime.compute.duckdb_config
+        self.work = Path(duck.temp_directory) / f"skeleton-{day:%Y-%m-%d}-{uuid.uuid4().hex[:12]}"
+
+    def run(self) -> DayResult:
+        started = time.perf_counter()
+        with day_lock(self.output_root, self.day), scratch_dir(self.work):
+            fingerprint = skeleton_fingerprint(self.plan.pipeline, self.config, self.day)
+            retired: list[str] = []
+            self.con = self._connect()
+            try:
+                rows = self._stages()
+                files = self._publish(rows, fingerprint) if rows else []
+            finally:
+                self.con.close()
+            if not rows:
+                retired = self._record_empty(fingerprint)
+        seconds = time.perf_counter() - started
+        if not rows:
+            if retired:
+                message = f"no impressions now: removed {' and '.join(retired)}"
+            else:
+                message = f"no rows: no impressions on {self.day}, nothing written"
+            return DayResult("skeleton", self.day, "empty", 0, None, seconds, message)
+        path = day_path(self.output_root, self.day)
+        message = f"wrote {rows:,} rows in {len(files)} file(s) → {path}"
+        return DayResult("skeleton", self.day, "written", rows, str(path), seconds, message)
+
+    # -- publish ------------------------------------------------------------------------------
+
+    def _publish(self, rows: int, fingerprint) -> list[str]:
+        """Sink into a staging folder, check the row count, add the manifest, rename into place."""
+        sink = self.plan.sink
+        with staged_day(self.output_root, self.day) as staging:
+            written, files = self._sink(staging)
+            if written != rows:
+                raise DaedalusError(
+                    f"{self.plan.pipeline.service} DAG: operators.{sink.name}: {written:,} rows"
+                    f" for {rows:,} impressions on {self.day} (fix: join feature operators on"
+                    f" {SPINE_ROW} only, so no row is dropped or duplicated)"
+                )
+            manifest = Manifest(
+                stage="skeleton",
+                day=self.day.isoformat(),
+                rows=rows,
+                files=files,
+                fingerprint=fingerprint,
+                timings=self._rounded(),
+            )
+            write_manifest(staging, manifest)
+            crash_point("skeleton.before_publish")
+        remove_empty_manifest(self.output_root, self.day)
+        return files
+
+    def _record_empty(self, fingerprint) -> list[str]:
+        """The day has no impressions (now): retire a day published before, the enriched day
+        made from it first, each in one rename, then record the day as empty (a 0-row sidecar
+        manifest, no folder). Says what it removed. Caller holds the skeleton day lock."""
+        enriched_root = enriched_root_for(self.output_root)
+        enriched = None
+        if day_path(enriched_root, self.day).is_dir():
+            with day_lock(enriched_root, self.day):
+                enriched = retire_day(enriched_root, self.day)
+        skeleton = retire_day(self.output_root, self.day)
+        write_empty_manifest(self.output_root, self.day, Manifest(
+            stage="skeleton", day=self.day.isoformat(), rows=0, files=[],
+            fingerprint=fingerprint, timings=self._rounded()))
+        removed = [f"the stale day {skeleton}"] if skeleton else []
+        if enriched:
+            removed.append(f"{'its' if skeleton else 'the stale'} enriched day {enriched}")
+        return removed
+
+    def _rounded(self) -> dict[str, float]:
+        return {k: round(v, 3) for k, v in self.timings.items()}
+
+    # -- DuckDB -------------------------------------------------------------------------------
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        duck = self.config.runtime.compute.duckdb_config
+        con = duckdb.connect(config={"threads": duck.threads} if duck.threads else {})
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute("SET enable_progress_bar = false")  # stdout carries --json
+        con.execute(f"SET memory_limit = {sql_literal(duck.memory_limit)}")
+        con.execute(f"SET temp_directory = {sql_literal(str(self.work / 'spill'))}")
+        con.execute(f"SET preserve_insertion_order = {sql_literal(duck.preserve_insertion_order)}")
+        return con
+
+    def _params(self, sql: str) -> dict:
+        values: dict = dict(day_params(self.day))
+        scans = {files_param(scan): scan for scan in self.plan.scans}
+        return {
+            name: day_files(self.config, scans[name], self.day, self.work)
+            if name in scans else values[name]
+            for name in param_names(sql)
+        }
+
+    def _view(self, name: str, target: Path) -> None:
+        self.con.execute(
+            f"CREATE OR REPLACE VIEW {ident(name)} AS"
+            f" SELECT * FROM read_parquet({sql_literal(str(target))})"
+        )
+        self.materialized.add(name)
+
+    # -- stages -------------------------------------------------------------------------------
+
+    def _stages(self) -> int:
+        """Materialize the spine, joins and aggregates; assign qids. Returns the spine's rows."""
+        rows = 0
+        for op in self.plan.ops:
+            if not isinstance(op, _MATERIALIZED):
+                continue
+            n = self._materialize(op)
+            if op is self.plan.spine:
+                rows = n
+                if not rows:
+                    self.order.pass_turn(self.index)
+                    return 0
+        self.order.wait_turn(self.index)
+        try:
+            for op in self.plan.udfs:
+                self._udf(op)
+        finally:
+            self.order.pass_turn(self.index)
+        return rows
+
+    def _materialize(self, op) -> int:
+        if isinstance(op, RollingAggregate) and self.config.runtime.compute.engine == "polars":
+            return self._rolling_polars(op)
+        started = time.perf_counter()
+        sql = self.plan.statement(op, self.materialized)
+        target = self.work / f"{op.name}.parquet"
+        copy = (
+            f"COPY (\n{sql}\n) TO {sql_literal(str(target))}"
+            " (FORMAT parquet, COMPRESSION uncompressed)"
+        )
+        try:
+            rows = self.con.execute(copy, self._params(copy)).fetchone()[0]
+        except duckdb.Error as exc:
+            unreadable = unreadable_source(self.config, self.plan.scans, self.day)
+            if unreadable:
+                raise unreadable from None
+            raise DaedalusError(
+                f"{self.plan.pipeline.service} DAG: operators.{op.name}: DuckDB"
+                f" failed on {self.day}: {str(exc).splitlines()[0]} (fix: check the"
+                " operator's parameters and the source files)"
+            ) from None
+        self._view(op.name, target)
+        self.timings[op.name] = time.perf_counter() - started
+        return rows
+
+    def _rolling_polars(self, op: RollingAggregate) -> int:
+        """`compute.engine: polars`: the same scanned inputs, aggregated by Polars."""
+        from daedalus.skeleton.polars_engine import rolling_aggregate
+
+        started = time.perf_counter()
+        spine, view = op.inputs
+        spine_ts = spine_scan(self.plan.pipeline, spine).timestamp_field
+        tables = []
+        for name in (spine, view):
+            sql = (f"SELECT * FROM {ident(name)}" if name in self.materialized
+                   else self.plan.statement(self.plan.pipeline.op(name), self.materialized))
+            try:
+                tables.append(self.con.sql(sql, params=self._params(sql)).to_arrow_table())
+            except duckdb.Error as exc:
+                raise DaedalusError(
+                    f"{self.plan.pipeline.service} DAG: operators.{name}: DuckDB failed on"
+                    f" {self.day}: {str(exc).splitlines()[0]} (fix: check the operator's"
+                    " parameters and the source files)"
+                ) from None
+        result = rolling_aggregate(op, tables[0], tables[1], spine_ts)
+        target = self.work / f"{op.name}.parquet"
+        pq.write_table(result, target, compression="none")
+        self._view(op.name, target)
+        self.timings[op.name] = time.perf_counter() - started
+        return result.num_rows
+
+    def _udf(self, op: ArrowUdfTransform) -> None:
+        started = time.perf_counter()
+        sql = self.plan.statement(op, self.materialized)
+        rel = self.con.sql(sql, params=self._params(sql)).to_arrow_table()
+        qids, _ = self.qid_maps[op.name].assign(rel[op.input_column])
+        target = self.work / f"{op.name}.parquet"
+        pq.write_table(
+            pa.table({SPINE_ROW: rel[SPINE_ROW], op.output_column: qids}),
+            target,
+            compression="none",
+        )
+        self._view(op.name, target)
+        self.timings[op.name] = time.perf_counter() - started
+
+    def _sink(self, staging: Path) -> tuple[int, list[str]]:
+        started = time.perf_counter()
+        sink = self.plan.sink
+        sql = self.plan.statement(sink, self.materialized)
+        reader = self.con.sql(sql, params=self._params(sql)).to_arrow_reader(_BATCH_ROWS)
+        defaults = {c.name for c in sink.columns if c.has_default} - set(
+            output_columns(self.plan.pipeline.op(sink.inputs[0]), self.plan.pipeline)
+        )
+        writer = PartWriter(staging, self.config.runtime.skeleton_chunk_rows, sink.compression)
+        try:
+            for batch in reader:
+                writer.write(conform(batch, defaults, self.plan.embedding_columns))
+        finally:
+            writer.close()
+        self.timings[sink.name] = time.perf_counter() - started
+        return writer.rows, writer.files
