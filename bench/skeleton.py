@@ -30,7 +30,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from daedalus.demo.data import PRESETS, DemoDataSpec, generate_demo_data  # noqa: E402
+from daedalus.demo.data import PRESETS, generate_demo_data  # noqa: E402
+from daedalus.demo.spec import DemoDataSpec  # noqa: E402
 
 BENCH = REPO / "data/bench"
 BENCH_SPEC = PRESETS["bench"]

@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from daedalus.core.errors import DaedalusError
-from daedalus.demo.data import PRESETS, DemoDataSpec, generate_demo_data
+from daedalus.demo.data import PRESETS, generate_demo_data
+from daedalus.demo.spec import DemoDataSpec
 
 DAY_US = 86_400_000_000
 TS = pa.timestamp("us", tz="UTC")
