@@ -1,7 +1,7 @@
 """Audits of one written training day against its raw sources (the Dagster asset checks).
 
 Independent of the compiled DAG: every rule is re-derived from the registry and the
-config (contract 00), so a bug in a stage cannot hide itself. Output is read with
+config (docs/data-contract.md), so a bug in a stage cannot hide itself. Output is read with
 DuckDB, projecting only the columns an audit needs; the embedding columns are never
 loaded except to count their nulls.
 """
@@ -95,10 +95,6 @@ def _connect(config: Config) -> duckdb.DuckDBPyConnection:
     settings.temp_directory.mkdir(parents=True, exist_ok=True)
     con.execute("SET temp_directory = $v", {"v": str(settings.temp_directory)})
     return con
-
-
-def _day_range(first: dt.date, last: dt.date) -> list[dt.date]:
-    return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
 
 
 def source_files(config: Config, view: FeatureView, first: dt.date | None,
