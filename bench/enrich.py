@@ -70,7 +70,7 @@ def prepare(log) -> None:
     """Bench sources, the skeleton day and the store, each made once."""
     from daedalus.demo.data import PRESETS, generate_demo_data
     from daedalus.skeleton.stage import run_skeleton_stage
-    from daedalus.store import lance_store as embedding_store
+    from daedalus.store import build as embedding_store
 
     if not (SOURCES / "_demo_data.json").exists():
         log(f"generating the bench sources under {SOURCES} ...")
@@ -87,38 +87,37 @@ def prepare(log) -> None:
 def child(args: argparse.Namespace) -> None:
     """One measured run, in its own process: start Ray, enrich the day, print timings."""
     from daedalus.core.envelope import RayEnvelope
-    from daedalus.enrich import stage as enrich
+    from daedalus.enrich.ray_runtime import RayRuntime
+    from daedalus.enrich.stage import run_enrich_stage
 
     config, _, pipeline = load()
-    if args.io_cpus:
-        enrich.WRITE_TASK_CPUS = args.io_cpus
     envelope = RayEnvelope.from_settings(config.runtime.ray, num_workers=args.num_workers,
                                          preload_day_embeddings=not args.no_preload)
     shutil.rmtree(ENRICHED, ignore_errors=True)
     quiet = lambda _: None  # noqa: E731
-    started = time.perf_counter()
-    cpu = time.process_time()
-    [result] = enrich.run_enrich_stage(pipeline, config, [DAY], SKELETON, ENRICHED,
-                                       envelope=envelope, progress=quiet)
-    seconds = time.perf_counter() - started
-    manifest = json.loads((ENRICHED / f"dt={DAY}" / "_manifest.json").read_text())
-    effective = enrich.ray_runtime(envelope, quiet)  # the running one, as the stage sized it
-    # The stage starts Ray on its first day (reading that day's vectors meanwhile) and
-    # records how long the day waited for it; the cold day is the rest.
-    ray_start = manifest["timings"]["ray_start"]
-    out = {"rows": result.rows, "stage_s": seconds - ray_start, "ray_start_s": ray_start,
-           "first_call_s": seconds, "driver_cpu_s": time.process_time() - cpu,
-           "files": len(manifest["files"]), "timings": manifest["timings"],
-           "actors": effective.actor_pool_size(), "ray_cpus": effective.num_cpus}
-    if args.warm:
-        # The same day again in the same process (--force): what each later day of a backfill
-        # pays once Ray Data's own actors and the worker processes exist.
+    with RayRuntime(quiet) as runtime:
         started = time.perf_counter()
-        enrich.run_enrich_stage(pipeline, config, [DAY], SKELETON, ENRICHED, envelope=envelope,
-                                progress=quiet, force=True)
-        out["warm_stage_s"] = time.perf_counter() - started
+        cpu = time.process_time()
+        [result] = run_enrich_stage(pipeline, config, [DAY], SKELETON, ENRICHED,
+                                    envelope=envelope, progress=quiet, runtime=runtime)
+        seconds = time.perf_counter() - started
+        manifest = json.loads((ENRICHED / f"dt={DAY}" / "_manifest.json").read_text())
+        effective = runtime.start(envelope)  # the running one, as the stage sized it
+        # The stage starts Ray on its first day (reading that day's vectors meanwhile) and
+        # records how long the day waited for it; the cold day is the rest.
+        ray_start = manifest["timings"]["ray_start"]
+        out = {"rows": result.rows, "stage_s": seconds - ray_start, "ray_start_s": ray_start,
+               "first_call_s": seconds, "driver_cpu_s": time.process_time() - cpu,
+               "files": len(manifest["files"]), "timings": manifest["timings"],
+               "actors": effective.actor_pool_size(), "ray_cpus": effective.num_cpus}
+        if args.warm:
+            # The same day again in the same process: what each later day of a backfill
+            # pays once Ray Data's own actors and the worker processes exist.
+            started = time.perf_counter()
+            run_enrich_stage(pipeline, config, [DAY], SKELETON, ENRICHED, envelope=envelope,
+                             progress=quiet, runtime=runtime)
+            out["warm_stage_s"] = time.perf_counter() - started
     print(json.dumps(out))
-    enrich.shutdown_ray()
 
 
 def single_process(args: argparse.Namespace) -> None:
@@ -126,31 +125,30 @@ def single_process(args: argparse.Namespace) -> None:
     the same batches and writes them with the stage's writer settings, one file per batch."""
     import pyarrow.parquet as pq
 
-    from daedalus.enrich import stage as enrich
+    from daedalus.core.envelope import RayEnvelope
+    from daedalus.enrich.batch import compact_table
+    from daedalus.enrich.io import skeleton_files, write_part
+    from daedalus.enrich.preload import day_tables
+    from daedalus.enrich.stage import prepare_enrich
 
     config, _, pipeline = load()
-    envelope = enrich.RayEnvelope.from_settings(config.runtime.ray)
-    plan, stores = enrich.prepare_enrich(pipeline, config, envelope, lambda _: None)
-    files = enrich.skeleton_files(SKELETON, DAY)
-    produced = {e.name for e in plan.enrichments}
-    plain = [c for c in plan.columns if c not in produced]
-    read = plain + sorted({e.group_column for e in plan.enrichments if e.group_column}
-                          - set(plain))
+    envelope = RayEnvelope.from_settings(config.runtime.ray)
+    plan, stores = prepare_enrich(pipeline, config, envelope, lambda _: None)
+    files = skeleton_files(SKELETON, DAY)
     target = WORK / "single_process"
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
     started, cpu = time.perf_counter(), time.process_time()
-    tables = {s: enrich.day_table(files, [e for e in plan.enrichments if e.store == s], stores[s])
-              for s in plan.stores}
+    tables = day_tables(plan, files, stores)
     preload = time.perf_counter() - started
     rows = part = 0
     for path in files:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=config.runtime.enrich_batch_rows,
-                                                       columns=read):
-            table = enrich.compact_table(pa_table(batch), plan.enrichments, tables,
+                                                       columns=plan.read_columns):
+            table = compact_table(pa_table(batch), plan.enrichments, tables,
                                          plan.columns, shared=tables)
-            rows += enrich.write_part(table, target / f"part-{part:05d}.parquet",
-                                      plan.sink.compression, plain, tables)
+            rows += write_part(table, target / f"part-{part:05d}.parquet",
+                               plan.sink.compression, plan.plain_columns, tables)
             part += 1
     seconds = time.perf_counter() - started
     print(json.dumps({"rows": rows, "stage_s": seconds, "preload_s": preload,
@@ -168,7 +166,7 @@ def floor(folder: Path) -> dict:
     dictionary, no statistics, its row groups); time it."""
     import pyarrow.parquet as pq
 
-    from daedalus.enrich.stage import ROW_GROUP_ROWS
+    from daedalus.enrich.io import ROW_GROUP_ROWS
 
     files = sorted(folder.glob("*.parquet"))
     table = pq.read_table(files, columns=EMBEDDING_COLUMNS)
@@ -205,8 +203,6 @@ def measured_run(args: argparse.Namespace) -> dict:
         command.append("--no-preload")
     if args.num_workers:
         command += ["--num-workers", str(args.num_workers)]
-    if args.io_cpus:
-        command += ["--io-cpus", str(args.io_cpus)]
     load_before = wait_for_quiet(args.quiet_load, args.patience)
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, start_new_session=True)
     with TreeSampler(proc.pid, interval=1.0) as sampler:  # PSS sampling costs CPU: not too often
@@ -301,10 +297,8 @@ def main() -> None:
     parser.add_argument("--quiet-load", type=float, default=None,
                         help="before each run, wait until the 1-min load average is below this")
     parser.add_argument("--patience", type=float, default=600, help="longest wait, seconds")
-    parser.add_argument("--io-cpus", type=float, default=None,
-                        help="CPUs per Ray Data write task (default: the stage's)")
     parser.add_argument("--warm", action="store_true",
-                        help="also enrich the day a second time in the same process (--force)")
+                        help="also enrich the day a second time in the same process")
     parser.add_argument("--single-process", action="store_true",
                         help="the same work with no Ray, in one process (Ray's overhead)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

@@ -137,7 +137,7 @@ def floor_fp16_write(enriched: Path, work: Path) -> float:
     groups (in memory before the clock starts)."""
     import pyarrow.parquet as pq
 
-    from daedalus.enrich.stage import ROW_GROUP_ROWS
+    from daedalus.enrich.io import ROW_GROUP_ROWS
 
     cols = ["image_embedding", "like_artwork_avg_embeds"]
     files = sorted(enriched.glob("*.parquet"))

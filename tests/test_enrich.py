@@ -29,7 +29,13 @@ from daedalus.cli import main
 from daedalus.core.envelope import RayEnvelope
 from daedalus.core.errors import DaedalusError
 from daedalus.engine.pipeline import compiled_pipeline
+from daedalus.engine.request import RunRequest
+from daedalus.engine.runner import run as run_request
+from daedalus.enrich import preload
 from daedalus.enrich import stage as enrich
+from daedalus.enrich.batch import PROVENANCE_KEY
+from daedalus.enrich.preload_box import PreloadBox
+from daedalus.enrich.ray_runtime import WRITE_TASK_CPUS, RayRuntime, actor_cpus
 
 DIM = 1152
 DAY = dt.date(2026, 2, 1)
@@ -51,10 +57,9 @@ TEST_ENVELOPE = RayEnvelope(num_cpus=2, memory_gb=4, object_store_gb=1,
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One local Ray for the session (each start costs seconds); stopped at the end."""
-    enrich.shutdown_ray()
-    enrich.ray_runtime(TEST_ENVELOPE, progress=lambda _: None)
-    yield
-    enrich.shutdown_ray()
+    with RayRuntime(progress=lambda _: None) as runtime:
+        runtime.start(TEST_ENVELOPE)
+        yield runtime
 
 
 # -- planted inputs -----------------------------------------------------------------------------
@@ -147,7 +152,7 @@ def write_skeleton_day(root: Path, day: dt.date, table: pa.Table, parts: int = 1
 
 
 def reference(skeleton: pa.Table, store: dict[int, np.ndarray]) -> tuple[list, list]:
-    """Contract 00, row by row in plain Python and numpy."""
+    """The data contract (docs/data-contract.md), row by row in plain Python and numpy."""
     images, means = [], []
     for artwork, likes in zip(skeleton["artwork_id"].to_pylist(),
                               skeleton["like_artwork_ids_7d"].to_pylist(), strict=True):
@@ -207,19 +212,31 @@ def planted(project):
     return config, pipeline, store, days, tmp
 
 
-def run(planted, envelope: RayEnvelope = TEST_ENVELOPE, days=None, messages=None):
+def run(planted, runtime=None, envelope: RayEnvelope = TEST_ENVELOPE, days=None,
+        messages=None):
+    """The enrich stage on `days` (all planted days by default), as the runner calls it."""
     config, pipeline, _, skeleton, tmp = planted
     return enrich.run_enrich_stage(pipeline, config, days or sorted(skeleton), tmp / "out",
-                                   tmp / "out_enriched", envelope=envelope,
+                                   tmp / "out_enriched", envelope=envelope, runtime=runtime,
                                    progress=(messages.append if messages is not None
                                              else lambda _: None))
+
+
+def train(planted, project, runtime, days, messages=None):
+    """The enrich stage through the engine: planned (skip or run, and why), then run."""
+    config, pipeline, _, _, _ = planted
+    request = RunRequest("dssm_ranking", config, project.load()[1], pipeline, "given",
+                         tuple(days), ("enrich",), TEST_ENVELOPE)
+    summary = run_request(request, runtime=runtime,
+                          progress=messages.append if messages is not None else lambda _: None)
+    return list(summary.results)
 
 
 def test_enriched_days_match_the_brute_force_and_ran_in_ray_actors(ray_cluster, planted) -> None:
     import ray
 
     _, _, store, days, tmp = planted
-    results = run(planted)
+    results = run(planted, ray_cluster)
     assert [(r.day, r.status, r.rows) for r in results] == [
         (d, "written", t.num_rows) for d, t in sorted(days.items())]
     assert ray.is_initialized() and ray.cluster_resources()["CPU"] == 2
@@ -229,7 +246,7 @@ def test_enriched_days_match_the_brute_force_and_ran_in_ray_actors(ray_cluster, 
         assert_matches_reference(read_day(folder), skeleton, store)
         actors = set()
         for path in folder.glob("*.parquet"):
-            meta = json.loads(pq.read_schema(path).metadata[enrich.PROVENANCE_KEY])
+            meta = json.loads(pq.read_schema(path).metadata[PROVENANCE_KEY])
             assert meta["actor_id"] and meta["pid"] != os.getpid()
             assert meta["node_id"] == ray.get_runtime_context().get_node_id()
             actors.add(meta["actor_id"])
@@ -246,20 +263,22 @@ def test_flat_files_without_preload_actors_read_the_store_themselves(ray_cluster
     envelope = RayEnvelope(**{**TEST_ENVELOPE.__dict__, "preload_day_embeddings": False})
     results = enrich.run_enrich_stage(
         pipeline, config, [DAY, DAY + dt.timedelta(days=5)], flat_root, tmp / "flat_enriched",
-        envelope=envelope, progress=lambda _: None)
+        envelope=envelope, runtime=ray_cluster, progress=lambda _: None)
     assert [r.status for r in results] == ["written", "empty"]
     assert "no skeleton day" in results[1].message
     assert_matches_reference(read_day(tmp / "flat_enriched" / "dt=2026-02-01"), days[DAY], store)
 
 
-def test_resume_skips_done_days_and_reruns_are_idempotent(ray_cluster, planted) -> None:
+def test_resume_skips_done_days_and_reruns_are_idempotent(ray_cluster, planted,
+                                                          project) -> None:
     _, _, _, days, tmp = planted
     day = DAY + dt.timedelta(days=1)
     folder = tmp / "out_enriched" / f"dt={day:%Y-%m-%d}"
-    assert [r.status for r in run(planted, days=[day])] == ["written"]
+    assert [r.status for r in train(planted, project, ray_cluster, [day])] == ["written"]
     first = read_day(folder)
     stamps = {p: p.stat().st_mtime_ns for p in folder.iterdir()}
-    assert [r.status for r in run(planted, days=[day])] == ["skipped"]
+    [again] = train(planted, project, ray_cluster, [day])
+    assert (again.status, again.recomputed, again.reason) == ("skipped", False, "up to date")
     assert {p: p.stat().st_mtime_ns for p in folder.iterdir()} == stamps
 
     # a killed run leaves a staging folder and no day: the next run cleans up and writes it
@@ -267,7 +286,7 @@ def test_resume_skips_done_days_and_reruns_are_idempotent(ray_cluster, planted) 
     junk = tmp / "out_enriched" / ".staging-dt=2026-02-02-deadbeef"
     junk.mkdir()
     (junk / "part-00000-0.parquet").write_text("junk")
-    assert [r.status for r in run(planted, days=[day])] == ["written"]
+    assert [r.status for r in train(planted, project, ray_cluster, [day])] == ["written"]
     assert not list((tmp / "out_enriched").glob(".staging-*"))
     assert read_day(folder).equals(first)
 
@@ -275,8 +294,10 @@ def test_resume_skips_done_days_and_reruns_are_idempotent(ray_cluster, planted) 
     shutil.rmtree(tmp / "out" / f"dt={day:%Y-%m-%d}")
     write_skeleton_day(tmp / "out", day, days[day])
     messages: list[str] = []
-    assert [r.status for r in run(planted, days=[day], messages=messages)] == ["written"]
-    assert any("rewriting" in m and "skeleton changed" in m for m in messages)
+    [rerun] = train(planted, project, ray_cluster, [day], messages=messages)
+    assert (rerun.status, rerun.recomputed) == ("written", True)
+    assert "skeleton changed" in rerun.reason
+    assert any("recomputing" in m and "skeleton changed" in m for m in messages)
     assert read_day(folder).equals(first)
 
 
@@ -291,7 +312,7 @@ def test_a_skeleton_day_without_its_columns_is_a_one_line_error(planted) -> None
 
 
 def test_the_preload_box_waits_for_the_day_and_refuses_it_once_dropped() -> None:
-    box = enrich.PreloadBox()
+    box = PreloadBox()
     got: list = []
     waiter = threading.Thread(target=lambda: got.append(box.get("2026-02-01/x")))
     waiter.start()
@@ -308,14 +329,14 @@ def test_the_actors_wait_for_a_slow_preload(ray_cluster, planted, monkeypatch) -
     """The Ray Data plan starts while the driver still preloads the day: its actors are up
     and wait for the vectors (PreloadBox) rather than enrich with none."""
     _, _, store, days, tmp = planted
-    real = enrich.day_table
+    real = preload.day_table
 
     def slow(*args, **kwargs):
         time.sleep(3)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(enrich, "day_table", slow)
-    assert [r.status for r in run(planted, days=[DAY])] == ["written"]
+    monkeypatch.setattr(preload, "day_table", slow)
+    assert [r.status for r in run(planted, ray_cluster, days=[DAY])] == ["written"]
     folder = tmp / "out_enriched" / "dt=2026-02-01"
     assert_matches_reference(read_day(folder), days[DAY], store)
     timings = json.loads((folder / "_manifest.json").read_text())["timings"]
@@ -329,18 +350,18 @@ def test_the_first_day_reads_its_vectors_while_ray_starts(ray_cluster, planted,
     import ray
 
     _, _, store, days, tmp = planted
-    real, ray_up = enrich.day_table, []
+    real, ray_up = preload.day_table, []
 
     def watched(*args, **kwargs):
         ray_up.append(ray.is_initialized())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(enrich, "day_table", watched)
-    enrich.shutdown_ray()
+    monkeypatch.setattr(preload, "day_table", watched)
+    ray_cluster.close()
     try:
-        results = run(planted)
+        results = run(planted)  # the stage's own runtime, started on its first day
     finally:
-        enrich.ray_runtime(TEST_ENVELOPE, progress=lambda _: None)  # the session's Ray again
+        ray_cluster.start(TEST_ENVELOPE)  # the session's Ray again
     assert [r.status for r in results] == ["written", "written"]
     assert ray_up == [False, True]
     for day, skeleton in days.items():
@@ -366,15 +387,15 @@ def test_a_failed_preload_is_the_error_raised_and_no_day_is_written(ray_cluster,
     logging.getLogger("ray.data").addHandler(handler)
     try:
         with monkeypatch.context() as patch:
-            patch.setattr(enrich, "day_table", broken)
+            patch.setattr(preload, "day_table", broken)
             with pytest.raises(DaedalusError, match=r"^store.lance: id: unreadable"):
-                run(planted, days=[DAY])
+                run(planted, ray_cluster, days=[DAY])
     finally:
         logging.getLogger("ray.data").removeHandler(handler)
     assert "Traceback" not in console.getvalue() and "unreadable" not in console.getvalue()
     assert not (tmp / "out_enriched" / "dt=2026-02-01").exists()
     assert not list((tmp / "out_enriched").glob(".staging-*"))
-    assert [r.status for r in run(planted, days=[DAY])] == ["written"]
+    assert [r.status for r in run(planted, ray_cluster, days=[DAY])] == ["written"]
     assert_matches_reference(read_day(tmp / "out_enriched" / "dt=2026-02-01"), days[DAY], store)
 
 
@@ -402,9 +423,9 @@ def test_envelope_sizes_the_actor_pool() -> None:
     assert clamped.num_cpus == os.cpu_count() and clamped.notes
     for cpus in (1, 2, 3, 16):      # the actors always leave room for a write task
         envelope = RayEnvelope(num_cpus=cpus)
-        held = enrich.actor_cpus(envelope) * envelope.actor_pool_size()
-        assert held + enrich.WRITE_TASK_CPUS <= cpus
-    assert enrich.actor_cpus(RayEnvelope(num_cpus=2)) == 1.0
+        held = actor_cpus(envelope) * envelope.actor_pool_size()
+        assert held + WRITE_TASK_CPUS <= cpus
+    assert actor_cpus(RayEnvelope(num_cpus=2)) == 1.0
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ DIM = 8
 
 
 def reference_mean(ids: list[int], store: dict[int, np.ndarray]) -> np.ndarray | None:
-    """Contract 00: float32 mean of the vectors of the ids the store has, each occurrence counts."""
+    """The data contract: float32 mean of the vectors of the ids the store has, each occurrence counts."""
     vectors = [store[i].astype(np.float32) for i in ids if i in store]
     if not vectors:
         return None
@@ -212,7 +212,8 @@ def test_write_part_writes_the_expanded_rows_in_row_groups(tmp_path, monkeypatch
     file is the block expanded at once, bit for bit, nulls (a slice of only nulls) too."""
     import pyarrow.parquet as pq
 
-    from daedalus.enrich import stage as enrich
+    from daedalus.enrich import batch as enrich_batch
+    from daedalus.enrich import io as enrich_io
 
     rng = np.random.default_rng(7)
     store = make_store(rng, np.arange(1, 21))
@@ -221,17 +222,17 @@ def test_write_part_writes_the_expanded_rows_in_row_groups(tmp_path, monkeypatch
     artwork = np.concatenate([rng.choice(np.arange(0, 30), 8), [99, 98, 97, 96], [5, 5]])
     compact = pa.table({"row": np.arange(artwork.size),
                         "image_embedding": fp16_dictionary_array(lookup_pool(artwork, table))})
-    monkeypatch.setattr(enrich, "ROW_GROUP_ROWS", 4)
+    monkeypatch.setattr(enrich_io, "ROW_GROUP_ROWS", 4)
     path = tmp_path / "part.parquet"
-    assert enrich.write_part(compact, path, "zstd", ["row"]) == artwork.size
+    assert enrich_io.write_part(compact, path, "zstd", ["row"]) == artwork.size
     written = pq.ParquetFile(path)
     assert written.metadata.num_row_groups == 4          # 14 rows: 4 + 4 + 4 (all null) + 2
     back = written.read()
     assert back.schema.field("image_embedding").type == pa.list_(pa.float16())
     assert back.column("row").to_pylist() == list(range(artwork.size))
     assert as_rows(back.column("image_embedding").combine_chunks()) == as_rows(
-        enrich.expand_table(compact).column("image_embedding").combine_chunks())
-    assert not enrich.write_part(compact.slice(0, 0), tmp_path / "empty.parquet", "zstd", [])
+        enrich_batch.expand_table(compact).column("image_embedding").combine_chunks())
+    assert not enrich_io.write_part(compact.slice(0, 0), tmp_path / "empty.parquet", "zstd", [])
     assert not (tmp_path / "empty.parquet").exists()
 
 
@@ -242,7 +243,8 @@ def test_lookups_in_a_shared_store_are_row_numbers_the_writer_gathers(tmp_path) 
     import pyarrow.parquet as pq
 
     from daedalus.core.errors import DaedalusError
-    from daedalus.enrich import stage as enrich
+    from daedalus.enrich import batch as enrich_batch
+    from daedalus.enrich import io as enrich_io
 
     rng = np.random.default_rng(11)
     store = make_store(rng, np.arange(1, 31))
@@ -250,26 +252,26 @@ def test_lookups_in_a_shared_store_are_row_numbers_the_writer_gathers(tmp_path) 
     table = EmbeddingTable.from_rows(ids, np.stack([store[i] for i in ids]))
     artwork = [int(a) for a in rng.choice(np.arange(0, 40), 25)] + [None, 7, 7, 99]
     batch = pa.table({"row": np.arange(len(artwork)), "artwork_id": pa.array(artwork, pa.int64())})
-    lookup_e = enrich.Enrichment("image_embedding", "lookup", "artwork_id", "art")
+    lookup_e = enrich_batch.Enrichment("image_embedding", "lookup", "artwork_id", "art")
     columns = ["row", "image_embedding"]
 
-    compact = enrich.compact_table(batch, [lookup_e], {"art": table}, columns, shared={"art"})
+    compact = enrich_batch.compact_table(batch, [lookup_e], {"art": table}, columns, shared={"art"})
     field = compact.schema.field("image_embedding")
-    assert field.type == pa.int32() and field.metadata == {enrich.ROWS_OF_KEY: b"art"}
+    assert field.type == pa.int32() and field.metadata == {enrich_batch.ROWS_OF_KEY: b"art"}
     assert compact.column("image_embedding").nbytes <= 5 * len(artwork)   # no vectors in it
     want = [store[a].view(np.uint16).tolist() if a in store else None for a in artwork]
-    expanded = enrich.expand_table(compact, {"art": table})
+    expanded = enrich_batch.expand_table(compact, {"art": table})
     assert expanded.schema.field("image_embedding").type == pa.list_(pa.float16())
     assert as_rows(expanded.column("image_embedding").combine_chunks()) == want
-    dictionary = enrich.compact_table(batch, [lookup_e], {"art": table}, columns)
+    dictionary = enrich_batch.compact_table(batch, [lookup_e], {"art": table}, columns)
     assert pa.types.is_dictionary(dictionary.schema.field("image_embedding").type)
 
     for name, block, tables in (("shared", compact, {"art": table}), ("dict", dictionary, None)):
-        assert enrich.write_part(block, tmp_path / f"{name}.parquet", "zstd", ["row"],
+        assert enrich_io.write_part(block, tmp_path / f"{name}.parquet", "zstd", ["row"],
                                  tables) == len(artwork)
     assert pq.read_table(tmp_path / "shared.parquet").equals(pq.read_table(tmp_path / "dict.parquet"))
     with pytest.raises(DaedalusError, match="image_embedding: the writer does not hold store 'art'"):
-        enrich.expand_table(compact)
+        enrich_batch.expand_table(compact)
 
 
 def test_the_skeleton_datasource_reads_the_day_in_order_in_batch_sized_pieces(tmp_path) -> None:
@@ -278,7 +280,7 @@ def test_the_skeleton_datasource_reads_the_day_in_order_in_batch_sized_pieces(tm
     every file once, in order, only the asked columns, in blocks of at most `batch_rows`."""
     import pyarrow.parquet as pq
 
-    from daedalus.enrich import stage as enrich
+    from daedalus.enrich import io as enrich_io
 
     files = []
     for i, n in enumerate((7, 0, 12, 4)):
@@ -287,7 +289,7 @@ def test_the_skeleton_datasource_reads_the_day_in_order_in_batch_sized_pieces(tm
                                  "like": pa.array([[1, 2]] * n, pa.list_(pa.int64()))}),
                        path, row_group_size=3)
         files.append(path)
-    source, pieces = enrich.skeleton_source(files, ["row", "like"], batch_rows=5)
+    source, pieces = enrich_io.skeleton_source(files, ["row", "like"], batch_rows=5)
     tasks = source.get_read_tasks(1)
     assert len(tasks) == pieces
     sizes = [t.metadata.num_rows for t in tasks]

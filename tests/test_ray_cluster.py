@@ -38,7 +38,10 @@ from test_enrich import (  # noqa: F401
 )
 
 from daedalus.cli import main
+from daedalus.core.envelope import RayEnvelope
 from daedalus.enrich import stage as enrich
+from daedalus.enrich.batch import PROVENANCE_KEY
+from daedalus.enrich.ray_runtime import RayRuntime
 
 pytestmark = pytest.mark.slow
 
@@ -58,11 +61,10 @@ def _leftovers(marker: str) -> list[str]:
 
 # The cluster lives in its own process (a driver in the same process as the nodes' Python
 # state does not get its actors scheduled on them): it prints the address, then holds the
-# nodes until its stdin closes, and removes them.
+# nodes until its stdin closes, and removes them. Ray's local-only switch (read at import)
+# keeps every node's servers on 127.0.0.1.
 _CLUSTER = """
 import sys
-from daedalus.enrich import stage as enrich
-enrich._loopback_only(True)
 from ray.cluster_utils import Cluster
 cluster = Cluster(initialize_head=True, shutdown_at_exit=False, head_node_args={
     "num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False,
@@ -79,9 +81,8 @@ cluster.shutdown()
 def two_nodes():
     """Waits for, then returns, the address of a head (no CPUs) plus one joined node (2 CPUs),
     both on 127.0.0.1; the cluster starts while the test does other work."""
-    enrich.shutdown_ray()
     temp = tempfile.mkdtemp(prefix="rc", dir="/tmp")
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     env.pop("RAY_ADDRESS", None)
     env.pop("RAY_AUTH_MODE", None)  # set to token by any earlier local ray.init in this process
     holder = subprocess.Popen([sys.executable, "-c", _CLUSTER, temp], stdin=subprocess.PIPE,
@@ -98,7 +99,6 @@ def two_nodes():
     try:
         yield address
     finally:
-        enrich.shutdown_ray()
         holder.stdin.close()
         try:
             holder.wait(timeout=30)
@@ -136,20 +136,22 @@ def test_enrich_on_a_two_node_cluster_equals_a_local_run(two_nodes, planted, pro
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert [(r["stage"], r["status"]) for r in summary["results"]] == [("enrich", "written")]
-    nodes = {n["NodeID"]: n for n in ray.nodes() if n["Alive"]}
-    while len(nodes) < 2 and time.monotonic() < deadline:
-        time.sleep(0.5)
+    with RayRuntime(progress=lambda _: None) as runtime:  # the cluster again, to ask its nodes
+        runtime.start(RayEnvelope(num_cpus=2, address=two_nodes()))
         nodes = {n["NodeID"]: n for n in ray.nodes() if n["Alive"]}
-    assert len(nodes) == 2 and ray.cluster_resources()["CPU"] == 2
-    head = ray.get_runtime_context().get_node_id()
+        while len(nodes) < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            nodes = {n["NodeID"]: n for n in ray.nodes() if n["Alive"]}
+        assert len(nodes) == 2 and ray.cluster_resources()["CPU"] == 2
+        driver = ray.get_runtime_context().get_node_id()
 
     placed = set()
     folder = tmp / "out_enriched" / f"dt={DAY:%Y-%m-%d}"
     for path in folder.glob("*.parquet"):
-        meta = json.loads(pq.read_schema(path).metadata[enrich.PROVENANCE_KEY])
+        meta = json.loads(pq.read_schema(path).metadata[PROVENANCE_KEY])
         assert meta["node_id"] in nodes and meta["pid"] != os.getpid()
         placed.add(meta["node_id"])
-    assert placed - {head}, "no enrich batch ran on the joined node"
+    assert placed - {driver}, "no enrich batch ran on the joined node"
     remote = _day(folder)
     assert remote.equals(_day(tmp / "local_enriched" / f"dt={DAY:%Y-%m-%d}"))
     assert_matches_reference(remote, days[DAY], store)

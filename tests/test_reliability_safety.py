@@ -19,7 +19,7 @@ from reliability import REPO, workspace
 
 from daedalus.cli import main
 from daedalus.core import yamlio
-from daedalus.enrich.stage import redact_address
+from daedalus.enrich.ray_runtime import redact_address
 
 SOURCE_FILES = sorted((REPO / "src").rglob("*.py")) + sorted((REPO / "bench").rglob("*.py"))
 

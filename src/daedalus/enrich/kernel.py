@@ -1,7 +1,7 @@
 """The enrich kernel: embedding lookup and the windowed avg-pool, on numpy buffers.
 
 A day's like lists overlap heavily: the list of a user's next impression is a
-suffix of the previous list plus the likes made in between (contract 00: oldest
+suffix of the previous list plus the likes made in between (docs/data-contract.md: oldest
 first, the last 50 of a sliding 7-day window). `like_windows` recovers, per
 user, one like sequence in which every row's list is a contiguous slice, so
 `window_pool` sums each slice as the difference of two prefix sums: the cost
