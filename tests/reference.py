@@ -1,4 +1,5 @@
-"""Brute-force reference of contract 00's skeleton columns: plain Python over the source rows.
+"""Brute-force reference of the skeleton columns (docs/data-contract.md): plain Python over
+the source rows.
 
 Slow and obvious on purpose: for every impression it looks at every row of the user (or
 artwork) and applies the contract's words literally. Tests compare the engine's output with it
@@ -77,7 +78,7 @@ SORT_KEY = ("event_timestamp", "user_id", "artwork_id", "position")
 
 @dataclass(frozen=True)
 class Rules:
-    """The knobs of contract 00 that a hand-edited DAG may change."""
+    """The data contract's knobs that a hand-edited DAG may change."""
 
     profile_ttl: dt.timedelta | None = dt.timedelta(days=3)
     stats_ttl: dt.timedelta | None = dt.timedelta(days=2)
@@ -86,7 +87,7 @@ class Rules:
 
 
 def write_source(root: Path, source: str, rows: list[dict]) -> None:
-    """Hive-partitioned parquet by the UTC date of each row's timestamp (contract 00)."""
+    """Hive-partitioned parquet by the UTC date of each row's timestamp (docs/data-contract.md)."""
     schema = SCHEMAS[source]
     ts = schema.names[0]
     by_day: dict[dt.date, list[dict]] = defaultdict(list)
@@ -225,7 +226,7 @@ def assert_same_rows(actual: list[dict], expected: list[dict], where: str = "") 
             )
 
 
-# The Arrow type of every skeleton output column (contract 00).
+# The Arrow type of every skeleton output column (docs/data-contract.md).
 OUTPUT_TYPES: dict[str, pa.DataType] = {
     "event_timestamp": TS,
     "user_id": pa.int64(),

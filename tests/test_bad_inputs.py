@@ -270,7 +270,7 @@ CASES = [
          ("mine",), argv=lambda ws: ["demo-data", "--root", str(ws.root / "mine")],
          check=_foreign_sources_untouched),
     Case("materialize_day_date_unparseable", _dagster_home,
-         ("materialize-day: DATE '2026-13-01' is not a date", "YYYY-MM-DD"),
+         ("materialize-day: DATE: '2026-13-01' is not a date", "YYYY-MM-DD"),
          argv=_materialize_day("dssm_ranking", "2026-13-01"), check=_no_dagster_home),
     Case("materialize_day_outside_the_partitions", _dagster_home,
          ("materialize-day: DATE 2026-01-31 is not a partition",),

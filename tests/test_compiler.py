@@ -60,6 +60,16 @@ def test_compile_no_write_writes_nothing(project, capsys, tmp_path):
     assert not out_dir.exists()
 
 
+def test_compile_into_a_file_instead_of_a_folder_is_one_line(project, capsys, tmp_path):
+    not_a_folder = tmp_path / "README.md"
+    not_a_folder.write_text("hello")
+    assert main(["pipeline", "compile", "dssm_ranking", "--output-dir", str(not_a_folder),
+                 *project.cli_flags()]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --output-dir:") and "Traceback" not in err
+    assert len(err.splitlines()) == 1 and not_a_folder.read_text() == "hello"
+
+
 def test_hand_edited_override_takes_precedence(project):
     config, registry = project.load()
     pipeline = compiled_pipeline(registry, "dssm_ranking", config)

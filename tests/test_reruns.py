@@ -140,14 +140,14 @@ def test_json_stdout_is_only_the_summary_while_ray_prints_warnings(trained, caps
 
     from daedalus.engine import runner as executor
 
-    real = executor.run_pipeline
+    real = executor.run
 
     def warned(*args, **kwargs):
         print_to_stdstream({"lines": ["WARNING: 8 PYTHON worker processes have been started"],
                             "pid": "raylet", "is_err": False}, ignore_prefix=False)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(executor, "run_pipeline", warned)
+    monkeypatch.setattr(executor, "run", warned)
     assert train(trained, "--json") == 0
     out = capsys.readouterr()
     assert [r["day"] for r in json.loads(out.out)["results"]] == [str(d) for d in DAYS]

@@ -35,6 +35,15 @@ def parse_duration(text: str) -> dt.timedelta:
     return dt.timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
 
 
+def parse_day(text: str, field: str) -> dt.date:
+    """`YYYY-MM-DD` → date; a mistake names `field` (the flag or key the text came from)."""
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise DaedalusError(f"{field}: {text!r} is not a date (fix: use YYYY-MM-DD,"
+                            " e.g. 2026-02-01)") from None
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -90,7 +99,7 @@ class ComputeSettings(_Frozen):
 
 
 class RaySettings(_Frozen):
-    """The Ray envelope for the pythonic operators (spec 02/03)."""
+    """The Ray envelope for the pythonic operators."""
 
     num_cpus: int = Field(16, gt=0)
     memory_gb: float = Field(64, gt=0)
@@ -146,17 +155,13 @@ class RuntimeConfig(_Frozen):
             raise ValueError(f"output_columns lists {dupes} more than once")
         return self
 
-    @property
-    def enriched_output_root(self) -> Path:
-        return enriched_root_for(self.output_root)
-
     def days(self) -> list[dt.date]:
         n = (self.feed_end - self.feed_start).days
         return [self.feed_start + dt.timedelta(days=i) for i in range(n + 1)]
 
 
 def enriched_root_for(output_root: Path) -> Path:
-    """The enrich stage writes beside the skeleton: `<output_root>_enriched` (contract 00)."""
+    """The enrich stage writes beside the skeleton: `<output_root>_enriched` (docs/data-contract.md)."""
     output_root = Path(output_root)
     return output_root.with_name(output_root.name + "_enriched")
 

@@ -11,7 +11,7 @@ from daedalus.core.errors import DaedalusError
 
 @dataclass(frozen=True)
 class RayEnvelope:
-    """The resource budget of the pythonic operators (spec 02/03: 16c / 64 GiB by default)."""
+    """The resource budget of the pythonic operators (16 CPUs / 64 GiB by default)."""
 
     num_cpus: int = 16
     memory_gb: float = 64

@@ -21,6 +21,8 @@ class DayResult:
     path: str | None
     seconds: float
     message: str = ""
+    recomputed: bool = False  # this run computed the day (written, or found empty) ...
+    reason: str = ""  # ... and why; for a skipped day, why it was not needed
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ removed by the next writer of that day, or by the next stage's `sweep_staging`.
 
 A day that once had rows and now has none is retired (`retire_day`): renamed out of sight
 in one step, then deleted. Its 0-row manifest lives in `<root>/.manifests/`, never in a
-`dt=` folder: an empty day has no folder (contract 00).
+`dt=` folder: an empty day has no folder (docs/data-contract.md).
 """
 
 from __future__ import annotations

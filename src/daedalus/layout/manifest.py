@@ -6,7 +6,7 @@ row count and files, a fingerprint of every input file it read (size and
 mtime), a hash of the operators and config that shaped it, and the code
 version. A day without a valid manifest is not complete.
 
-A day with no rows has no folder (contract 00); its manifest, with `rows: 0`, is a sidecar
+A day with no rows has no folder (docs/data-contract.md); its manifest, with `rows: 0`, is a sidecar
 `<root>/.manifests/dt=YYYY-MM-DD.json`, so an unchanged rerun skips the empty day too and
 a change of its inputs recomputes it. `read_manifest` and `day_state` read the sidecar when
 the day folder is absent; a published folder always wins over a sidecar.

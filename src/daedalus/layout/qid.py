@@ -1,6 +1,6 @@
 """Stable integer query ids (qid) per feed session, kept in `qid_map.parquet` at the output root.
 
-The map only grows (contract 00): a session keeps its qid forever; qids start at 0 and new
+The map only grows (docs/data-contract.md): a session keeps its qid forever; qids start at 0 and new
 sessions get the next integers in order of their first impression (ties by session), days
 assigned in date order. `assign_qid` is the Arrow function of the `assign_qid` operator;
 `QidMap` owns the file: it is read under a lock, appended in memory and replaced atomically

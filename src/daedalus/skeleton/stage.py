@@ -2,9 +2,9 @@
 
 `check_sources` runs before any day: it checks the DAG's hand edits and every source file the
 days will read, so a bad file fails the run before it writes anything. `run_skeleton_stage`
-skips the days whose manifest still matches, then runs the others (see `daedalus.skeleton.day`),
-each complete or absent. `--day-workers N` overlaps days but keeps the qid step in date order
-(see `daedalus.skeleton.order`), so the output is the same as with N = 1.
+runs the days it is given (the engine's plan chose them; see `daedalus.engine.plan`), each
+complete or absent (see `daedalus.skeleton.day`). `--day-workers N` overlaps days but keeps the
+qid step in date order (see `daedalus.skeleton.order`), so the output is the same as with N = 1.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ from daedalus.core.config import Config
 from daedalus.core.operators import OperatorPipeline
 from daedalus.core.registry import Registry, check_source_files
 from daedalus.core.results import DayResult
-from daedalus.layout.days import day_path, ensure_writable, sweep_staging
-from daedalus.layout.manifest import day_state, read_manifest, skeleton_fingerprint
+from daedalus.layout.days import ensure_writable, sweep_staging
 from daedalus.layout.qid import QidMap
 from daedalus.layout.scratch import sweep_scratch
 from daedalus.skeleton.day import DayRun
@@ -53,38 +52,18 @@ def run_skeleton_stage(
     *,
     day_workers: int = 1,
     progress: Progress = print,
-    force: bool = False,
 ) -> list[DayResult]:
-    """Write `<output_root>/dt=YYYY-MM-DD/` for every day absent, stale, or forced.
+    """Write `<output_root>/dt=YYYY-MM-DD/` for each of `days`, whatever is there now.
 
-    A day is skipped only when its manifest matches the current inputs, DAG and config; an
-    empty day's manifest is its 0-row sidecar, so an unchanged empty day is skipped too.
+    Which days need work is decided once, by `daedalus.engine.plan`; this runs what it is
+    given. A day with no impressions gets a 0-row sidecar manifest instead of a folder.
     """
     plan = SkeletonPlan.build(pipeline, config)
     output_root = ensure_writable(Path(output_root))
     sweep_staging(output_root)
     sweep_scratch(Path(config.runtime.compute.duckdb_config.temp_directory))
     results: dict[dt.date, DayResult] = {}
-
-    # -- which days run: skip the up-to-date ones, recompute the rest -------------------------
-    todo: list[dt.date] = []
-    for day in sorted(set(days)):
-        folder = day_path(output_root, day)
-        state, reason = day_state(folder, skeleton_fingerprint(pipeline, config, day))
-        if state == "complete" and not force:
-            rows = int((read_manifest(folder) or {}).get("rows", 0))
-            results[day] = DayResult("skeleton", day, "skipped", rows, str(folder), 0.0, "up to date")
-            progress(f"skeleton {day}: skipped, up to date ({rows:,} rows)")
-            continue
-        if state == "empty" and not force:
-            results[day] = DayResult("skeleton", day, "skipped", 0, None, 0.0, "no impressions")
-            progress(f"skeleton {day}: skipped, no impressions")
-            continue
-        if state in ("stale", "incomplete") or (force and state in ("complete", "empty")):
-            progress(f"skeleton {day}: recomputing, {'--force' if force else reason}")
-        todo.append(day)
-    # -- end of which days run: `results` holds the skipped days, `todo` the days to run ------
-
+    todo = sorted(set(days))
     qid_maps = {
         op.name: QidMap(output_root, op.state_file, op.input_column, op.output_column)
         for op in plan.udfs
