@@ -13,7 +13,6 @@ import pytest
 from daedalus.core.errors import DaedalusError
 from daedalus.defs import DaedalusConfig, build_defs
 from daedalus.defs.agent import materialize_day
-from daedalus.defs.training import training_job, training_schedule
 
 REPO = Path(__file__).resolve().parents[1]
 VIEWS = {"feed_impressions", "user_profile", "artwork_stats", "user_likes"}
@@ -35,8 +34,9 @@ def defs(project) -> dg.Definitions:
 
 def test_module_level_defs_load_from_the_project_root(monkeypatch):
     monkeypatch.chdir(REPO)
-    from daedalus.definitions import defs
+    from daedalus.definitions import defs as load_defs
 
+    defs = load_defs()  # lazy: `@dg.definitions` builds them when a Dagster tool asks
     assert isinstance(defs, dg.Definitions)
     assert TRAINING in defs.resolve_asset_graph().get_all_asset_keys()
 
@@ -50,8 +50,8 @@ def test_definitions_hold_exactly_the_views_training_asset_checks_job_schedule_r
     assert {c.asset_key for c in graph.asset_check_keys} == {TRAINING}
     assert [j.name for j in defs.jobs] == ["dssm_ranking_daily"]
     assert [s.name for s in defs.schedules] == ["dssm_ranking_daily_schedule"]
-    assert defs.jobs[0] is training_job and defs.schedules[0] is training_schedule
-    assert training_schedule.job is training_job and training_job.name == "dssm_ranking_daily"
+    (job,), (schedule,) = defs.jobs, defs.schedules
+    assert schedule.job is job and job.name == "dssm_ranking_daily"
     assert set(defs.resources) == {"cfg"} and isinstance(defs.resources["cfg"], DaedalusConfig)
     assert defs.executor is dg.in_process_executor
 
@@ -104,16 +104,17 @@ def test_resource_overrides_reach_the_engine_config(project, tmp_path):
     cfg = _cfg(project, output_root=str(tmp_path / "o"), sources_root=str(tmp_path / "s"),
                store_root=str(tmp_path / "st"), ray_num_cpus=2, ray_memory_gb=3,
                ray_object_store_gb=1, enriched_output_root=str(tmp_path / "o_enriched"))
-    config = cfg.load_config()
+    request = cfg.request("dssm_ranking")
+    config = request.config
     assert config.runtime.output_root == tmp_path / "o"
-    assert config.runtime.enriched_output_root == tmp_path / "o_enriched"
+    assert request.enriched_root == tmp_path / "o_enriched"
     assert config.base.sources_root == tmp_path / "s" and config.base.store_root == tmp_path / "st"
-    envelope = cfg.envelope(config)
+    envelope = request.envelope
     assert (envelope.num_cpus, envelope.memory_gb, envelope.object_store_gb) == (2, 3, 1)
 
 
 def test_resource_defaults_keep_the_config_files(project):
-    config = _cfg(project).load_config()
+    config, _ = _cfg(project).project()
     plain, _ = project.load()
     assert config == plain
 
@@ -121,7 +122,7 @@ def test_resource_defaults_keep_the_config_files(project):
 def test_enriched_root_other_than_the_contract_is_refused(project, tmp_path):
     cfg = _cfg(project, output_root=str(tmp_path / "o"), enriched_output_root=str(tmp_path / "x"))
     with pytest.raises(DaedalusError, match="enriched_output_root.*_enriched"):
-        cfg.load_config()
+        cfg.project()
 
 
 @pytest.mark.parametrize(("service", "date", "message"), [

@@ -145,7 +145,7 @@ def test_one_partition_through_the_job_writes_the_day_with_its_metadata(material
 
     from daedalus.engine.pipeline import compiled_pipeline
 
-    config, registry = demo.resource().load_config(), demo.resource().load_registry()
+    config, registry = demo.resource().project()
     compiled = compiled_pipeline(registry, "dssm_ranking", config)
     compile_meta = _step_metadata(result, "dssm_ranking_training.compile_pipeline")
     assert compile_meta["operators"] == len(compiled.operators)

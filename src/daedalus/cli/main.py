@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import json
 import os
 import sys
@@ -16,7 +15,15 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
+from daedalus.core.config import parse_day
 from daedalus.core.errors import DaedalusError
+from daedalus.engine.request import (
+    ALL_STAGES,
+    RequestOptions,
+    build_request,
+    day_option,
+    load_project,
+)
 
 
 def _progress(message: str) -> None:
@@ -38,20 +45,20 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aggregation-config-path", default="config/training/aggregations.yaml")
 
 
-def _load(args):
-    from daedalus.core.config import load_config
-    from daedalus.core.registry import load_registry
-
-    config = load_config(args.base_config_path, args.runtime_config_path, args.aggregation_config_path)
-    registry = load_registry(args.feature_views_dir, args.feature_services_dir)
-    return config, registry
+def _options(args, **choices) -> RequestOptions:
+    """The request options the command's flags name (flags a command lacks keep the default)."""
+    flags = {name: getattr(args, name) for name in (
+        "base_config_path", "runtime_config_path", "aggregation_config_path",
+        "feature_views_dir", "feature_services_dir", "pipelines_dir", "output_root")
+        if getattr(args, name, None) is not None}
+    return RequestOptions(service=getattr(args, "service", ""), **flags, **choices)
 
 
 def cmd_compile(args) -> int:
     from daedalus.core.compiler import write_generated
     from daedalus.engine.pipeline import compiled_pipeline
 
-    config, registry = _load(args)
+    config, registry = load_project(_options(args))
     pipeline = compiled_pipeline(registry, args.service, config)
     text = pipeline.to_yaml()
     if not args.no_write:
@@ -62,56 +69,39 @@ def cmd_compile(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from daedalus.engine.runner import RayEnvelope, parse_target_date, run_pipeline
+    from daedalus.engine.plan import plan_run, render
+    from daedalus.engine.runner import run
 
-    config, registry = _load(args)
-    target = parse_target_date(args.target_date)
-    address = args.ray_address or os.environ.get("RAY_ADDRESS") or config.runtime.ray.address
-    envelope = RayEnvelope.from_settings(
-        config.runtime.ray, num_cpus=args.ray_num_cpus, address=address, num_workers=args.num_workers,
-        preload_day_embeddings=False if args.no_preload_day_embeddings else None)
+    day = day_option(args.target_date, "--target-date")
+    stages = ("skeleton",) if args.skeleton_only else ("enrich",) if args.enrich_only else ALL_STAGES
+    request = build_request(_options(
+        args, first_day=day, last_day=day, stages=stages, force=args.force,
+        day_workers=args.day_workers, ray_num_cpus=args.ray_num_cpus,
+        ray_address=args.ray_address, num_workers=args.num_workers,
+        preload_day_embeddings=False if args.no_preload_day_embeddings else None))
+    plan = plan_run(request)
     if args.dry_run:
-        from daedalus.engine.runner import plan_pipeline
-        from daedalus.engine.status import render
-
-        planned = plan_pipeline(
-            args.service, config=config, registry=registry, pipelines_dir=args.pipelines_dir,
-            target_date=target, skeleton_only=args.skeleton_only, enrich_only=args.enrich_only,
-            output_root=args.output_root, force=args.force)
-        print(json.dumps([p.as_json() for p in planned], indent=2) if args.json else render(planned))
+        entries = list(plan.entries)
+        print(json.dumps([p.as_json() for p in entries], indent=2) if args.json else render(entries))
         return 0
     with _summary_only_on_stdout():
-        summary = run_pipeline(
-            args.service, config=config, registry=registry, pipelines_dir=args.pipelines_dir,
-            target_date=target, skeleton_only=args.skeleton_only, enrich_only=args.enrich_only,
-            output_root=args.output_root, day_workers=args.day_workers, envelope=envelope,
-            progress=_progress, force=args.force)
+        summary = run(request, plan, progress=_progress)
     print(summary.to_json() if args.json else summary.human())
     return 0
 
 
 def cmd_status(args) -> int:
-    from daedalus.engine.pipeline import resolve_pipeline
-    from daedalus.engine.runner import parse_target_date
-    from daedalus.engine.status import render, stage_states
+    from daedalus.engine.plan import day_states, render
 
-    config, registry = _load(args)
-    if args.output_root:
-        config = config.with_runtime(output_root=Path(args.output_root))
-    first = parse_target_date(args.date_from) or config.runtime.feed_start
-    last = parse_target_date(args.date_to) or config.runtime.feed_end
-    if last < first:
-        raise DaedalusError(f"--to: {last} is before --from {first} (fix: swap them)")
-    days = [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
-    pipeline, _ = resolve_pipeline(registry, args.service, config, Path(args.pipelines_dir))
-    states = stage_states(pipeline, config, days, Path(config.runtime.output_root))
+    request = build_request(_options(args, first_day=day_option(args.date_from, "--from"),
+                                     last_day=day_option(args.date_to, "--to")))
+    states = day_states(request)
     print(json.dumps([s.as_json() for s in states], indent=2) if args.json else render(states))
     return 0
 
 
 def cmd_demo_data(args) -> int:
     import dataclasses
-    import datetime as dt
 
     from daedalus.demo.data import PRESETS, generate_demo_data
 
@@ -119,11 +109,7 @@ def cmd_demo_data(args) -> int:
     changes = {k: getattr(args, k) for k in ("days", "users", "artworks", "events_per_day", "seed")
                if getattr(args, k) is not None}
     if args.start_date:
-        try:
-            changes["start_date"] = dt.date.fromisoformat(args.start_date)
-        except ValueError:
-            raise DaedalusError(
-                f"--start-date: {args.start_date!r} is not a date (fix: use YYYY-MM-DD)") from None
+        changes["start_date"] = parse_day(args.start_date, "--start-date")
     for key, value in changes.items():
         if key != "start_date" and key != "seed" and value <= 0:
             raise DaedalusError(f"--{key.replace('_', '-')}: {value} must be positive (fix: pass 1 or more)")
@@ -137,15 +123,15 @@ def cmd_demo_data(args) -> int:
 def cmd_lineage(args) -> int:
     from daedalus.lineage import lineage, render
 
-    config, registry = _load(args)
+    config, registry = load_project(_options(args))
     print(render(lineage(registry, config, args.name), args.format))
     return 0
 
 
 def cmd_store(args) -> int:
-    from daedalus.store import lance_store as embedding_store
+    from daedalus.store import build as embedding_store
 
-    config, _ = _load(args)
+    config, _ = load_project(_options(args))
     if args.store_command == "build":
         info = embedding_store.build_store(config, args.name, force=args.force, progress=_progress)
     else:

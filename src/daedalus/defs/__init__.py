@@ -23,15 +23,16 @@ __all__ = ["DaedalusConfig", "build_defs"]
 def build_defs(cfg: DaedalusConfig | None = None) -> dg.Definitions:
     """Feature views, one training asset + checks + job + schedule per service, resource `cfg`."""
     cfg = cfg or DaedalusConfig()
-    config, registry = cfg.load_config(), cfg.load_registry()
+    config, registry = cfg.project()
     assets: list = feature_view_specs(registry)
     checks, jobs, schedules = [], [], []
     for service in sorted(registry.services):
         asset = training_asset(service, config, registry)
         assets.append(asset)
         checks += training_checks(service, asset)
-        jobs.append(training_job_for(service))
-        schedules.append(training_schedule_for(service))
+        job = training_job_for(service)
+        jobs.append(job)
+        schedules.append(training_schedule_for(job))
     # In process for the UI's ad-hoc materializations too: a process per step costs a core.
     return dg.Definitions(assets=assets, asset_checks=checks, jobs=jobs, schedules=schedules,
                           resources={"cfg": cfg}, executor=dg.in_process_executor)

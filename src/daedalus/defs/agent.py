@@ -7,7 +7,6 @@ serves), so it shows in the UI with its metadata and check results.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import os
 import sys
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from daedalus.core.config import parse_day
 from daedalus.core.errors import DaedalusError
 from daedalus.defs.partitions import daily_partitions
 from daedalus.defs.training import training_asset_name, training_job_name
@@ -34,11 +34,7 @@ def project_instance() -> dg.DagsterInstance:
 
 
 def _partition_key(date: str) -> str:
-    try:
-        day = dt.date.fromisoformat(date)
-    except ValueError:
-        raise DaedalusError(f"materialize-day: DATE {date!r} is not a date"
-                            " (fix: use YYYY-MM-DD, e.g. 2026-02-01)") from None
+    day = parse_day(date, "materialize-day: DATE")
     key = day.isoformat()
     if not daily_partitions.has_partition_key(key):
         first = daily_partitions.get_first_partition_key()
@@ -68,7 +64,7 @@ def _failure(result: dg.ExecuteInProcessResult) -> str:
 def materialize_day(service: str, date: str, progress: Callable[[str], None] | None = None, *,
                     defs: dg.Definitions | None = None,
                     instance: dg.DagsterInstance | None = None) -> dict:
-    """Materialize `<service>_training` for DATE with its checks; return the spec 04 summary.
+    """Materialize `<service>_training` for DATE with its checks; return its summary.
 
     A failing check is an error: the day was written but must not be trusted.
     """
@@ -109,7 +105,8 @@ def materialize_day(service: str, date: str, progress: Callable[[str], None] | N
         "service": service,
         "date": key,
         "rows": meta["rows"],
-        "output_path": str(meta["output_path"]),
+        # A day without impressions has no folder: there is no path to hand back.
+        "output_path": str(meta["output_path"]) if meta["rows"] else None,
         "embedding_columns": list(meta["embedding_columns"]),
         "run_id": result.run_id,
         "checks": checks,

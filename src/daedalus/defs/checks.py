@@ -5,20 +5,12 @@ Each check calls `daedalus.audit` on the written day and reports what it found.
 
 import datetime as dt
 import warnings
-from pathlib import Path
 
 import dagster as dg
 
 from daedalus.audit import embedding_coverage, impression_count, leakage_audit, written_day
-from daedalus.core.config import Config, enriched_root_for
-from daedalus.core.registry import Registry
 from daedalus.defs.partitions import daily_partitions
 from daedalus.defs.resources import DaedalusConfig
-
-
-def _final_root(config: Config, registry: Registry, service: str) -> Path:
-    root = config.runtime.output_root
-    return enriched_root_for(root) if registry.service(service).enrichments else root
 
 
 def _day(context: dg.AssetCheckExecutionContext) -> dt.date:
@@ -35,11 +27,12 @@ def training_checks(service: str, asset: dg.AssetsDefinition) -> list[dg.AssetCh
         @dg.asset_check(asset=asset, name="row_count_matches_impressions", blocking=True,
                         partitions_def=daily_partitions,
                         description="Output rows equal the day's impressions: nothing dropped or"
-                                    " duplicated (contract 00).")
+                                    " duplicated.")
         def row_count(context: dg.AssetCheckExecutionContext,
                       cfg: DaedalusConfig) -> dg.AssetCheckResult:
-            config, registry, day = cfg.load_config(), cfg.load_registry(), _day(context)
-            written = written_day(_final_root(config, registry, service), day)
+            request = cfg.request(service, _day(context))
+            config, registry, day = request.config, request.registry, request.days[0]
+            written = written_day(request.final_root, day)
             expected = impression_count(config, registry, service, day)
             return dg.AssetCheckResult(
                 passed=written.rows == expected,
@@ -53,9 +46,10 @@ def training_checks(service: str, asset: dg.AssetsDefinition) -> list[dg.AssetCh
                                     " TTL/window); `audited` says if a sample was asked for.")
         def no_leakage(context: dg.AssetCheckExecutionContext,
                        cfg: DaedalusConfig) -> dg.AssetCheckResult:
-            config, registry, day = cfg.load_config(), cfg.load_registry(), _day(context)
+            request = cfg.request(service, _day(context))
+            config, registry, day = request.config, request.registry, request.days[0]
             report = leakage_audit(config, registry, service, day,
-                                   _final_root(config, registry, service),
+                                   request.final_root,
                                    max_rows=cfg.audit_max_rows)
             metadata: dict = {"output_rows": report.output_rows,
                               "audited_rows": report.audited_rows,
@@ -76,9 +70,10 @@ def training_checks(service: str, asset: dg.AssetsDefinition) -> list[dg.AssetCh
                                     " only if a declared embedding column is missing).")
         def coverage(context: dg.AssetCheckExecutionContext,
                      cfg: DaedalusConfig) -> dg.AssetCheckResult:
-            config, registry, day = cfg.load_config(), cfg.load_registry(), _day(context)
+            request = cfg.request(service, _day(context))
+            config, registry, day = request.config, request.registry, request.days[0]
             columns = list(registry.service(service).enrichments)
-            root = _final_root(config, registry, service)
+            root = request.final_root
             ratios = embedding_coverage(config, root, day, columns)
             rows = written_day(root, day).rows
             missing = [c for c, r in ratios.items() if r is None and rows]

@@ -1,21 +1,26 @@
 """`DaedalusConfig`: where the engine reads config and sources and writes output, per run.
 
-The resource only resolves paths into the engine's own `Config`; every rule about
-what a path may hold stays in `daedalus.core.config`.
+The resource only turns its fields into the engine's `RequestOptions`; every rule about
+defaults, precedence and what a path may hold stays in `daedalus.engine.request`.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+import datetime as dt
 
 import dagster as dg
 from pydantic import Field
 
-from daedalus.core.config import Config, enriched_root_for, load_config
-from daedalus.core.envelope import RayEnvelope
-from daedalus.core.errors import DaedalusError
-from daedalus.core.registry import Registry, load_registry
+from daedalus.core.config import Config
+from daedalus.core.registry import Registry
+from daedalus.engine.request import (
+    ALL_STAGES,
+    RequestOptions,
+    RunRequest,
+    Stage,
+    build_request,
+    load_project,
+)
 
 
 class DaedalusConfig(dg.ConfigurableResource):
@@ -33,7 +38,7 @@ class DaedalusConfig(dg.ConfigurableResource):
         feature_services_dir: Folder of feature service YAML.
         pipelines_dir: Where a hand-edited `<service>.yaml` DAG overrides the compiled one.
         output_root: Skeleton output root; None keeps runtime.yaml's `output_root`.
-        enriched_output_root: Must be `<output_root>_enriched` (contract 00) when given;
+        enriched_output_root: Must be `<output_root>_enriched` when given;
             the enrich stage always writes there.
         sources_root: Raw sources root; None keeps base.yaml / `DAEDALUS_SOURCES_ROOT`.
         store_root: Lance stores root; None keeps base.yaml / `DAEDALUS_STORE_ROOT`.
@@ -45,12 +50,12 @@ class DaedalusConfig(dg.ConfigurableResource):
             repeatable sample of at most that many rows (the check's metadata says which).
     """
 
-    base_config_path: str = "config/base.yaml"
-    runtime_config_path: str = "config/training/runtime.yaml"
-    aggregation_config_path: str = "config/training/aggregations.yaml"
-    feature_views_dir: str = "feature_views"
-    feature_services_dir: str = "feature_services"
-    pipelines_dir: str = "config/pipelines"
+    base_config_path: str = RequestOptions.base_config_path
+    runtime_config_path: str = RequestOptions.runtime_config_path
+    aggregation_config_path: str = RequestOptions.aggregation_config_path
+    feature_views_dir: str = RequestOptions.feature_views_dir
+    feature_services_dir: str = RequestOptions.feature_services_dir
+    pipelines_dir: str = RequestOptions.pipelines_dir
     output_root: str | None = None
     enriched_output_root: str | None = None
     sources_root: str | None = None
@@ -61,31 +66,17 @@ class DaedalusConfig(dg.ConfigurableResource):
     ray_address: str | None = None
     audit_max_rows: int | None = Field(default=None, gt=0)
 
-    def load_config(self) -> Config:
-        """The engine config with this resource's overrides applied and checked."""
-        config = load_config(self.base_config_path, self.runtime_config_path,
-                             self.aggregation_config_path)
-        base = {k: Path(v) for k, v in (("sources_root", self.sources_root),
-                                        ("store_root", self.store_root)) if v}
-        if base:
-            config = config.model_copy(update={"base": config.base.model_copy(update=base)})
-        if self.output_root:
-            config = config.with_runtime(output_root=Path(self.output_root))
-        expected = enriched_root_for(config.runtime.output_root)
-        if self.enriched_output_root and Path(self.enriched_output_root) != expected:
-            raise DaedalusError(
-                f"DaedalusConfig.enriched_output_root: {self.enriched_output_root!r} is not"
-                f" {str(expected)!r}; the enrich stage writes to <output_root>_enriched"
-                " (fix: drop enriched_output_root or set it to that path)")
-        ray = {k: v for k, v in (("num_cpus", self.ray_num_cpus), ("memory_gb", self.ray_memory_gb),
-                                 ("object_store_gb", self.ray_object_store_gb)) if v is not None}
-        if ray:
-            config = config.with_runtime(ray=config.runtime.ray.model_copy(update=ray))
-        return config
+    def options(self, service: str, day: dt.date | None = None,
+                stages: tuple[Stage, ...] = ALL_STAGES) -> RequestOptions:
+        """This resource's fields as the engine's request options for `service` (one `day`)."""
+        fields = self.model_dump(exclude={"audit_max_rows"})
+        return RequestOptions(service=service, first_day=day, last_day=day, stages=stages,
+                              origin="DaedalusConfig.", **fields)
 
-    def load_registry(self) -> Registry:
-        return load_registry(self.feature_views_dir, self.feature_services_dir)
+    def request(self, service: str, day: dt.date | None = None,
+                stages: tuple[Stage, ...] = ALL_STAGES) -> RunRequest:
+        return build_request(self.options(service, day, stages))
 
-    def envelope(self, config: Config) -> RayEnvelope:
-        address = self.ray_address or os.environ.get("RAY_ADDRESS") or config.runtime.ray.address
-        return RayEnvelope.from_settings(config.runtime.ray, address=address)
+    def project(self) -> tuple[Config, Registry]:
+        """The config and registry alone, for building definitions (no DAG is resolved)."""
+        return load_project(self.options(""))

@@ -1,11 +1,11 @@
 """Feature views as external assets; per service a daily-partitioned graph asset and its job.
 
-The ops only call the engine (`executor.run_pipeline`) and describe what it wrote;
-no feature logic lives here. A partition is a day: compile → skeleton → enrich.
+The ops only build the engine's request, plan the day once, run that plan
+(`daedalus.engine.runner.run`) and describe what it wrote; no feature logic lives here. A
+partition is a day: compile → skeleton → enrich.
 """
 
 import datetime as dt
-import functools
 import hashlib
 import json
 from pathlib import Path
@@ -14,13 +14,14 @@ import dagster as dg
 
 from daedalus import __version__
 from daedalus.audit import written_day
-from daedalus.core.config import Config, enriched_root_for
-from daedalus.core.operators import OperatorPipeline
+from daedalus.core.config import Config
 from daedalus.core.registry import Registry, service_views
+from daedalus.core.results import DayResult, RunSummary
 from daedalus.defs.partitions import daily_partitions
 from daedalus.defs.resources import DaedalusConfig
-from daedalus.engine.pipeline import resolve_pipeline
-from daedalus.engine.runner import plan_pipeline, run_pipeline
+from daedalus.engine.plan import plan_run
+from daedalus.engine.request import RunRequest, Stage
+from daedalus.engine.runner import run
 from daedalus.layout.days import day_path
 from daedalus.layout.manifest import read_manifest
 
@@ -56,79 +57,67 @@ def _service(context: dg.OpExecutionContext) -> str:
     return context.assets_def.tags_by_key[context.assets_def.key][SERVICE_TAG]
 
 
-def _output_root(pipeline: OperatorPipeline, config: Config) -> Path:
-    """The folder the asset's partition lives in: enriched when the DAG enriches."""
-    root = config.runtime.output_root
-    return enriched_root_for(root) if pipeline.has_enrichment else root
+def _stage_run(context: dg.OpExecutionContext, request: RunRequest, stage: Stage
+               ) -> tuple[RunSummary, list[DayResult]]:
+    """Plan the stage's day once and run that plan; the day's results for the stage."""
+    narrowed = request.narrowed(stages=(stage,))
+    summary = run(narrowed, plan_run(narrowed), progress=context.log.info)
+    return summary, [r for r in summary.results if r.stage == stage]
 
 
-@dg.op(ins={"feature_views": dg.In(dg.Nothing)}, out=dg.Out(OperatorPipeline))
-def compile_pipeline(context: dg.OpExecutionContext, cfg: DaedalusConfig) -> OperatorPipeline:
-    """Compile the service to its engine-tagged DAG (a hand-edited override wins)."""
-    service = _service(context)
-    config, registry = cfg.load_config(), cfg.load_registry()
-    pipeline, override = resolve_pipeline(registry, service, config, cfg.pipelines_dir)
+@dg.op(ins={"feature_views": dg.In(dg.Nothing)}, out=dg.Out(RunRequest))
+def compile_pipeline(context: dg.OpExecutionContext, cfg: DaedalusConfig) -> RunRequest:
+    """The partition's run request: config, registry and the service's engine-tagged DAG
+    (a hand-edited override wins), built once and handed to both stages."""
+    request = cfg.request(_service(context), _day(context))
     context.add_output_metadata({
-        "service": service,
-        "operators": len(pipeline.operators),
-        "source": str(override) if override else "compiled",
-        "dag": dg.MetadataValue.json(pipeline.model_dump(mode="json")),
+        "service": request.service,
+        "operators": len(request.pipeline.operators),
+        "source": request.pipeline_source,
+        "dag": dg.MetadataValue.json(request.pipeline.model_dump(mode="json")),
     })
-    return pipeline
+    return request
 
 
 @dg.op
-def skeleton_stage(context: dg.OpExecutionContext, cfg: DaedalusConfig,
-                   pipeline: OperatorPipeline) -> dict:
+def skeleton_stage(context: dg.OpExecutionContext, request: RunRequest) -> dict:
     """Source-side operators (DuckDB) for the partition's day."""
-    config, day = cfg.load_config(), _day(context)
-    registry = cfg.load_registry()
-    (planned,) = plan_pipeline(pipeline.service, config=config, registry=registry, pipeline=pipeline,
-                               target_date=day, skeleton_only=True)
-    summary = run_pipeline(pipeline.service, config=config, registry=registry,
-                           pipeline=pipeline, target_date=day, skeleton_only=True,
-                           progress=context.log.info)
-    written = written_day(summary.output_root, day)
-    statuses = sorted({r.status for r in summary.results})
-    recomputed = planned.state == "run" and bool({"written", "empty"} & set(statuses))
+    day = _day(context)
+    summary, results = _stage_run(context, request, "skeleton")
+    written = written_day(request.skeleton_root, day)
+    recomputed = any(r.recomputed for r in results)
+    reason = results[0].reason if results else "no skeleton stage"
     context.add_output_metadata({
         "rows": written.rows,
         "output_path": dg.MetadataValue.path(str(written.path)),
-        "status": ", ".join(statuses),
+        "status": ", ".join(sorted({r.status for r in results})),
         "recomputed": recomputed,
-        "reason": planned.reason,
+        "reason": reason,
         "seconds": round(summary.seconds, 2),
     })
     return {"day": day.isoformat(), "rows": written.rows, "output_path": str(written.path),
-            "recomputed": recomputed, "reason": planned.reason}
+            "recomputed": recomputed, "reason": reason}
 
 
 @dg.op(out=dg.Out(dg.Nothing))
-def enrich_stage(context: dg.OpExecutionContext, cfg: DaedalusConfig, pipeline: OperatorPipeline,
-                 skeleton: dict):
+def enrich_stage(context: dg.OpExecutionContext, request: RunRequest, skeleton: dict):
     """Pythonic operators (Ray + Lance) for the day; stats come from parquet footers only.
 
     The partition's metadata says whether each stage recomputed the day or found it up to
     date, and why; the day's manifest fingerprint is the asset's data version.
     """
-    config, day = cfg.load_config(), _day(context)
-    registry = cfg.load_registry()
-    planned = plan_pipeline(pipeline.service, config=config, registry=registry, pipeline=pipeline,
-                            target_date=day, enrich_only=True)
-    summary = run_pipeline(pipeline.service, config=config, registry=registry,
-                           pipeline=pipeline, target_date=day, enrich_only=True,
-                           envelope=cfg.envelope(config).clamped_to_machine(),
-                           progress=context.log.info)
-    root = _output_root(pipeline, config)
+    day = _day(context)
+    _, results = _stage_run(context, request, "enrich")
+    root = request.final_root
     written = written_day(root, day)
+    pipeline = request.pipeline
     embedding_columns = [e.name for op in pipeline.of_kind("RayUdfTransform")
                          for e in op.enrichments if e.name in written.columns]
-    statuses = sorted({r.status for r in summary.results if r.stage == "enrich"})
-    enrich_recomputed = (bool(planned) and planned[0].state == "run"
-                         and bool({"written", "empty"} & set(statuses)))
+    statuses = sorted({r.status for r in results})
+    enrich_recomputed = any(r.recomputed for r in results)
+    enrich_reason = results[0].reason if results else "no enrichment"
     recomputed = skeleton["recomputed"] or enrich_recomputed
-    reason = skeleton["reason"] if skeleton["recomputed"] else (
-        planned[0].reason if planned else "no enrichment")
+    reason = skeleton["reason"] if skeleton["recomputed"] else enrich_reason
     manifest = read_manifest(day_path(root, day)) or {}
     fingerprint = manifest.get("fingerprint", {})
     skeleton_manifest = read_manifest(Path(skeleton["output_path"])) or {}
@@ -146,7 +135,7 @@ def enrich_stage(context: dg.OpExecutionContext, cfg: DaedalusConfig, pipeline: 
         "skeleton_recomputed": skeleton["recomputed"],
         "skeleton_reason": skeleton["reason"],
         "enrich_recomputed": enrich_recomputed,
-        "enrich_reason": planned[0].reason if planned else "no enrichment",
+        "enrich_reason": enrich_reason,
         "manifest_written_at": manifest.get("written_at", ""),
         "manifest_code_version": fingerprint.get("code_version", ""),
         "manifest_config_hash": fingerprint.get("config", ""),
@@ -171,8 +160,8 @@ def training_asset(service: str, config: Config, registry: Registry) -> dg.Asset
     views = service_views(registry.service(service), config)
 
     def compose(**feature_views):
-        pipeline = compile_pipeline(feature_views=list(feature_views.values()))
-        return enrich_stage(pipeline, skeleton_stage(pipeline))
+        request = compile_pipeline(feature_views=list(feature_views.values()))
+        return enrich_stage(request, skeleton_stage(request))
 
     return dg.graph_asset(
         compose,
@@ -187,12 +176,8 @@ def training_asset(service: str, config: Config, registry: Registry) -> dg.Asset
     )
 
 
-@functools.cache
-def training_job_for(service: str):
-    """One partition per run, in process: a step per process would cost a core per step.
-
-    One object per service, so `build_defs` and the module-level `training_job` agree.
-    """
+def training_job_for(service: str) -> dg.JobDefinition:
+    """One partition per run, in process: a step per process would cost a core per step."""
     return dg.define_asset_job(
         name=training_job_name(service),
         selection=dg.AssetSelection.assets(training_asset_name(service)),
@@ -200,13 +185,6 @@ def training_job_for(service: str):
     )
 
 
-@functools.cache
-def training_schedule_for(service: str) -> dg.ScheduleDefinition:
+def training_schedule_for(job: dg.JobDefinition) -> dg.ScheduleDefinition:
     """Daily, derived from the job's partitions: no cron string of its own to maintain."""
-    return dg.build_schedule_from_partitioned_job(training_job_for(service))
-
-
-# The names spec 04 shows, for the project's service; `build_defs` puts these very objects in
-# the code location (the asset itself needs the registry, so `build_defs` makes it).
-training_job = training_job_for("dssm_ranking")
-training_schedule = training_schedule_for("dssm_ranking")
+    return dg.build_schedule_from_partitioned_job(job)
