@@ -123,3 +123,16 @@ def test_lineage_service_and_view(project, capsys):
     assert main(["lineage", "user_likes", *project.cli_flags()]) == 0
     assert "downstream: dssm_ranking" in capsys.readouterr().out
     assert main(["lineage", "nothing", *project.cli_flags()]) == 2
+
+
+def test_reserved_words_match_the_locked_duckdb():
+    """The SQL text quotes exactly DuckDB's reserved keywords; a DuckDB upgrade that adds one fails here."""
+    import duckdb
+
+    from daedalus.skeleton.sql import RESERVED_WORDS, ident
+
+    rows = duckdb.execute(
+        "SELECT keyword_name FROM duckdb_keywords() WHERE keyword_category = 'reserved'"
+    ).fetchall()
+    assert RESERVED_WORDS == frozenset(r[0] for r in rows)
+    assert ident("select") == '"select"' and ident("user_id") == "user_id"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -24,7 +25,8 @@ DEFAULT_RUNTIME_CONFIG = Path("config/training/runtime.yaml")
 DEFAULT_AGGREGATION_CONFIG = Path("config/training/aggregations.yaml")
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(d|h|m|s)\s*$")
-_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+# Duration suffix → the unit name that both timedelta and SQL intervals spell out.
+DURATION_UNITS = MappingProxyType({"d": "days", "h": "hours", "m": "minutes", "s": "seconds"})
 
 
 def parse_duration(text: str) -> dt.timedelta:
@@ -32,7 +34,7 @@ def parse_duration(text: str) -> dt.timedelta:
     match = _DURATION.match(str(text))
     if not match or int(match.group(1)) <= 0:
         raise ValueError(f"{text!r} is not a positive duration like '7d', '36h', '90m' or '30s'")
-    return dt.timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    return dt.timedelta(**{DURATION_UNITS[match.group(2)]: int(match.group(1))})
 
 
 def parse_day(text: str, field: str) -> dt.date:

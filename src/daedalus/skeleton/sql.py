@@ -15,13 +15,12 @@ one with the largest feature values, compared in declared order, NULL lowest.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from daedalus.core.config import parse_duration
+from daedalus.core.config import DURATION_UNITS, parse_duration
 from daedalus.core.errors import DaedalusError
 from daedalus.core.operators import (
     ArrowUdfTransform,
@@ -38,22 +37,23 @@ from daedalus.core.operators import (
 
 SPINE_ROW = "spine_row"
 _SIMPLE_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
-_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
-
-
-@functools.cache
-def _reserved() -> frozenset[str]:
-    import duckdb
-
-    rows = duckdb.sql(
-        "SELECT keyword_name FROM duckdb_keywords() WHERE keyword_category = 'reserved'"
-    )
-    return frozenset(r[0] for r in rows.fetchall())
+# DuckDB's reserved keywords (`duckdb_keywords()`, category 'reserved'): a name among them is
+# quoted. tests/test_compiler.py checks this list against the locked DuckDB.
+RESERVED_WORDS = frozenset(
+    """
+    all analyse analyze and any array as asc asymmetric both case cast check collate column
+    constraint create default deferrable desc describe distinct do else end except false fetch
+    for foreign from group having in initially intersect into lambda lateral leading limit not
+    null offset on only or order pivot pivot_longer pivot_wider placing primary qualify
+    references returning select show some summarize symmetric table then to trailing true union
+    unique unpivot using variadic when where window with
+    """.split()
+)
 
 
 def ident(name: str) -> str:
     """A column or relation name, double-quoted only when it has to be."""
-    if _SIMPLE_NAME.match(name) and name not in _reserved():
+    if _SIMPLE_NAME.match(name) and name not in RESERVED_WORDS:
         return name
     return '"' + name.replace('"', '""') + '"'
 
@@ -78,7 +78,7 @@ def interval(duration: str) -> str:
     """'7d' → INTERVAL '7 days' (validated by `parse_duration`)."""
     parse_duration(duration)
     amount, unit = duration.strip()[:-1].strip(), duration.strip()[-1]
-    return f"INTERVAL '{int(amount)} {_UNITS[unit]}'"
+    return f"INTERVAL '{int(amount)} {DURATION_UNITS[unit]}'"
 
 
 def files_param(scan: Scan) -> str:
