@@ -22,6 +22,7 @@ from daedalus.layout.manifest import (
     day_state,
     enrich_fingerprint,
     read_manifest,
+    recorded_day_fingerprint,
     skeleton_fingerprint,
 )
 from daedalus.store.build import is_store, store_version
@@ -92,7 +93,8 @@ def day_states(request: RunRequest) -> list[DayState]:
     for day in request.days:
         if "skeleton" in request.stages:
             folder = day_path(skeleton_root, day)
-            state, reason = day_state(folder, skeleton_fingerprint(pipeline, config, day))
+            current = skeleton_fingerprint(pipeline, config, day, recorded_day_fingerprint(folder))
+            state, reason = day_state(folder, current)
             out.append(DayState(day, "skeleton", state, reason, _rows(folder)))
         if request.runs_enrich:
             folder = day_path(request.enriched_root, day)

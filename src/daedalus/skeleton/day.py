@@ -28,6 +28,7 @@ from daedalus.core.results import DayResult
 from daedalus.layout.days import day_lock, day_path, retire_day, staged_day
 from daedalus.layout.manifest import (
     Manifest,
+    recorded_day_fingerprint,
     remove_empty_manifest,
     skeleton_fingerprint,
     write_empty_manifest,
@@ -78,7 +79,8 @@ class DayRun:
     def run(self) -> DayResult:
         started = time.perf_counter()
         with day_lock(self.output_root, self.day), scratch_dir(self.work):
-            fingerprint = skeleton_fingerprint(self.plan.pipeline, self.config, self.day)
+            previous = recorded_day_fingerprint(day_path(self.output_root, self.day))
+            fingerprint = skeleton_fingerprint(self.plan.pipeline, self.config, self.day, previous)
             retired: list[str] = []
             self.con = self._connect()
             try:

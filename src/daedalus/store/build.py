@@ -37,6 +37,7 @@ from daedalus.store.source import (
     connect,
     source_files,
     source_fingerprint,
+    source_listing,
     source_path,
     store_batches,
 )
@@ -154,8 +155,9 @@ def build_store(config: Config, name: str, *, force: bool = False,
         started = time.perf_counter()
         staging = path.with_name(f".{path.name}.building-{uuid.uuid4().hex[:12]}")
         work = Path(config.runtime.compute.duckdb_config.temp_directory) / staging.name.lstrip(".")
+        listing = source_listing(source, files)
         metadata = {"name": name, "source": str(source.resolve()), "source_files": len(files),
-                    "source_fingerprint": source_fingerprint(source, files),
+                    "source_listing": listing, "source_fingerprint": source_fingerprint(listing),
                     "built_at": dt.datetime.now(dt.UTC).isoformat(), "build_id": uuid.uuid4().hex}
         schema = _store_schema(spec, metadata)
         failed: list[DaedalusError] = []
@@ -231,7 +233,8 @@ def _staleness(config: Config, spec: EmbeddingStoreSpec, metadata: dict[str, Any
         files = source_files(source)
     except DaedalusError:
         return None
-    if metadata.get("source_fingerprint") != source_fingerprint(source, files):
+    listing = source_listing(source, files, metadata.get("source_listing"))
+    if metadata.get("source_fingerprint") != source_fingerprint(listing):
         return f"{source} changed since the store was built"
     return None
 

@@ -10,8 +10,6 @@ One DuckDB query over the hive partitions keeps each id's row from its latest `d
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from daedalus.core.config import Config, EmbeddingStoreSpec
 from daedalus.core.errors import DaedalusError
 from daedalus.core.faults import crash_point
 from daedalus.core.registry import column_null_count, open_parquet
+from daedalus.layout.manifest import content_fingerprint, fingerprint_files
 
 
 def source_path(config: Config, spec: EmbeddingStoreSpec) -> Path:
@@ -83,10 +82,14 @@ def check_source_schema(files: list[Path], spec: EmbeddingStoreSpec) -> None:
                                 " its artwork id (fix: drop or repair those rows in the source)")
 
 
-def source_fingerprint(source: Path, files: list[Path]) -> str:
-    """Names, sizes and mtimes of the source files: changes when the source is rewritten."""
-    listing = [[str(f.relative_to(source)), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
-    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
+def source_listing(source: Path, files: list[Path], known: list | None = None) -> list[list]:
+    """The source files' names, sizes, mtimes and content digests (see layout.manifest)."""
+    return fingerprint_files(source, files, known)
+
+
+def source_fingerprint(listing: list[list]) -> str:
+    """Changes when a source file's bytes change, not when it is rewritten identically."""
+    return content_fingerprint(listing)
 
 
 def _quote(text: str) -> str:
