@@ -376,3 +376,17 @@ def test_emptied_day_with_enrich_retires_both_and_skips_after(project, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert [(r["stage"], r["status"], r["message"]) for r in summary["results"]] == [
         ("skeleton", "skipped", "no impressions"), ("enrich", "skipped", "no impressions")]
+
+
+def test_manifest_of_size_and_mtime_entries_reads_as_changed_inputs():
+    """A day recorded with [path, size, mtime] entries (no digest) is stale by its inputs,
+    named, and never an error."""
+    from daedalus.layout.manifest import Fingerprint
+
+    recorded = Fingerprint(inputs={"user_likes": [["user_likes/dt=2026-02-01/part-0.parquet", 10, 5]]},
+                           operators={}, config="c")
+    now = Fingerprint(inputs={"user_likes": [["user_likes/dt=2026-02-01/part-0.parquet", 10, 6,
+                                              "ab" * 16]]}, operators={}, config="c")
+    assert now.staleness(recorded) == "user_likes changed since last run" \
+        " (user_likes/dt=2026-02-01/part-0.parquet)"
+    assert now.staleness(now) is None

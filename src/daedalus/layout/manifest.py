@@ -64,7 +64,7 @@ class Fingerprint:
         for source in sorted(set(self.inputs) | set(recorded.inputs)):
             now, then = _content(self.inputs.get(source)), _content(recorded.inputs.get(source))
             if now != then:
-                changed = sorted(now ^ then)
+                changed = sorted(now ^ then, key=lambda entry: entry[0])
                 detail = f" ({changed[0][0]})" if changed else ""
                 return f"{source} changed since last run{detail}"
         if self.code_version != recorded.code_version:
