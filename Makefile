@@ -14,7 +14,7 @@ install: .venv/.synced
 # pip install uv, and where a PEP 668 system Python refuses both, a venv of its own (.uvboot).
 # --compile-bytecode: every Ray worker process imports Ray Data (and pandas with it); without
 # .pyc files, and where PYTHONDONTWRITEBYTECODE is set (as on our development machine) Python never
-# writes them, each process compiles those modules from source again: `import ray.data` took
+# writes them, each process compiles those modules from source again: `import ray.data` takes
 # 2.0 s instead of 0.65 s, ~12 CPU-s of a 2-CPU enrich day's first minute (bench/README.md).
 .venv/.synced: pyproject.toml uv.lock Makefile
 	@uv=""; for c in "$(UV)" "$$(command -v uv 2>/dev/null)" "$(HOME)/.local/bin/uv" "$(UVBOOT)/bin/uv"; do \
@@ -32,7 +32,7 @@ install: .venv/.synced
 
 demo: install
 	.venv/bin/daeda demo-data --root $(DEMO_ROOT)
-	.venv/bin/daeda pipeline compile dssm_ranking > /dev/null
+	.venv/bin/daeda pipeline compile dssm_ranking
 	.venv/bin/daeda pipeline train dssm_ranking --ray-num-cpus 2
 	@echo
 	@echo "Skeleton output:  $$(pwd)/data/training_output/"
@@ -50,8 +50,10 @@ lint: install
 bench: install
 	.venv/bin/python bench/run_all.py
 
+PORT ?= 3000
+
 dev: install
-	DAGSTER_HOME=$$(pwd)/.dagster_home .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	DAGSTER_HOME=$$(pwd)/.dagster_home .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(PORT)
 
 clean:
 	rm -rf data/training_output data/training_output_enriched data/store data/tmp

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import yaml
 
 from daedalus.cli import main
@@ -42,14 +44,27 @@ def test_yaml_round_trip_is_lossless(project):
     assert again.to_yaml() == pipeline.to_yaml()
 
 
-def test_compile_cli_writes_generated_and_echoes(project, capsys, tmp_path):
+def test_compile_cli_writes_generated_quietly_and_echoes_with_print(project, capsys, tmp_path):
     out_dir = tmp_path / "pipelines"
-    assert main(["pipeline", "compile", "dssm_ranking", "--output-dir", str(out_dir),
-                 *project.cli_flags()]) == 0
-    echoed = capsys.readouterr().out
+    flags = ["--output-dir", str(out_dir), *project.cli_flags()]
+    assert main(["pipeline", "compile", "dssm_ranking", *flags]) == 0
+    quiet = capsys.readouterr()
     written = out_dir / "dssm_ranking.generated.yaml"
-    assert written.is_file()
+    assert written.is_file() and quiet.out == ""
+    assert f"wrote {written} (" in quiet.err and len(quiet.err.splitlines()) == 1
+    assert main(["pipeline", "compile", "dssm_ranking", "--print", *flags]) == 0
+    echoed = capsys.readouterr().out
     assert load_pipeline_yaml(written) == OperatorPipeline.model_validate(yaml.safe_load(echoed))
+
+
+def test_generated_dags_are_ignored_by_git_and_overrides_are_not():
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    ignored = subprocess.run(["git", "check-ignore", "-q", "config/pipelines/x.generated.yaml"],
+                             cwd=repo)
+    override = subprocess.run(["git", "check-ignore", "-q", "config/pipelines/x.yaml"], cwd=repo)
+    assert ignored.returncode == 0 and override.returncode == 1
 
 
 def test_compile_no_write_writes_nothing(project, capsys, tmp_path):

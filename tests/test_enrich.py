@@ -421,6 +421,8 @@ def test_envelope_sizes_the_actor_pool() -> None:
     assert RayEnvelope(num_cpus=16, num_workers=40).actor_pool_size() == 15
     clamped = RayEnvelope(num_cpus=10_000).clamped_to_machine()
     assert clamped.num_cpus == os.cpu_count() and clamped.notes
+    big = RayEnvelope(memory_gb=10**6).clamped_to_machine()    # each note names its knob
+    assert big.memory_gb < 10**6 and any("ray.memory_gb" in n for n in big.notes)
     for cpus in (1, 2, 3, 16):      # the actors always leave room for a write task
         envelope = RayEnvelope(num_cpus=cpus)
         held = actor_cpus(envelope) * envelope.actor_pool_size()

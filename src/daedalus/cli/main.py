@@ -60,11 +60,11 @@ def cmd_compile(args) -> int:
 
     config, registry = load_project(_options(args))
     pipeline = compiled_pipeline(registry, args.service, config)
-    text = pipeline.to_yaml()
     if not args.no_write:
         path = write_generated(pipeline, Path(args.output_dir))
         _progress(f"wrote {path} ({len(pipeline.operators)} operators)")
-    print(text, end="")
+    if args.print or args.no_write:
+        print(pipeline.to_yaml(), end="")
     return 0
 
 
@@ -166,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     comp = psub.add_parser("compile", help="compile a service into its operator DAG")
     comp.add_argument("service")
     comp.add_argument("--output-dir", default="config/pipelines")
-    comp.add_argument("--no-write", action="store_true", help="echo only, write nothing")
+    comp.add_argument("--print", action="store_true", help="also print the compiled DAG's YAML")
+    comp.add_argument("--no-write", action="store_true", help="print the YAML, write nothing")
     _add_config_flags(comp)
     comp.set_defaults(func=cmd_compile)
 

@@ -58,11 +58,13 @@ class RayEnvelope:
         memory_gb = self.memory_gb
         if memory_gb > total_gb * 0.8:
             memory_gb = round(total_gb * 0.8, 1)
-            notes.append(f"ray memory {self.memory_gb} GiB clamped to {memory_gb} GiB (80% of host)")
+            notes.append(f"ray memory {self.memory_gb} GiB (runtime.yaml ray.memory_gb) is more than"
+                         f" this machine's 80%: using {memory_gb} GiB")
         object_store_gb = min(self.object_store_gb, memory_gb * 0.3, _shm_gb() * 0.8)
         if object_store_gb < self.object_store_gb:
             object_store_gb = round(object_store_gb, 1)
-            notes.append(f"ray object store {self.object_store_gb} GiB clamped to {object_store_gb} GiB")
+            notes.append(f"ray object store {self.object_store_gb} GiB (ray.object_store_gb) is more"
+                         f" than 30% of Ray's memory or 80% of /dev/shm: using {object_store_gb} GiB")
         return replace(self, num_cpus=num_cpus, memory_gb=memory_gb, object_store_gb=object_store_gb,
                        system_reserved_cpus=min(self.system_reserved_cpus, max(0, num_cpus - 1)),
                        notes=tuple(notes))
