@@ -61,3 +61,11 @@ def test_rerun_of_a_stale_partition_recomputes_and_says_so(tmp_path):
     assert gone["recomputed"] is True and gone["skeleton_recomputed"] is True
     assert gone["rows"] == 0 and "empty" in gone["status"]
     assert not (demo.output_root / f"dt={DAY}").exists()
+
+    # `daeda materialize-day` of that empty day hands back no path that does not exist.
+    from daedalus.defs.agent import materialize_day
+
+    summary = materialize_day("dssm_ranking", DAY, defs=build_defs(demo.resource()),
+                              instance=instance)
+    assert summary["rows"] == 0 and summary["output_path"] is None
+    assert all(summary["checks"].values())
