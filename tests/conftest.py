@@ -75,3 +75,11 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
     p.edit(p.runtime, "output_root: data/training_output", f"output_root: {tmp_path / 'out'}")
     p.edit(p.runtime, "temp_directory: data/tmp/duckdb", f"temp_directory: {tmp_path / 'duckdb_tmp'}")
     return p
+
+
+@pytest.fixture(autouse=True)
+def _dagster_home_per_test(tmp_path_factory: pytest.TempPathFactory,
+                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """`daeda pipeline train` records its days on `$DAGSTER_HOME`: each test gets its own, so
+    no test writes into the checkout's `.dagster_home/`."""
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path_factory.mktemp("dagster_home")))

@@ -86,8 +86,21 @@ def cmd_train(args) -> int:
         return 0
     with _summary_only_on_stdout():
         summary = run(request, plan, progress=_progress)
+        if not args.no_dagster_record:
+            _record_in_dagster(request, summary)
     print(summary.to_json() if args.json else summary.human())
     return 0
+
+
+def _record_in_dagster(request, summary) -> None:
+    """The days this run wrote, as materializations on the project's Dagster instance."""
+    if not any(r.recomputed for r in summary.results):
+        return
+    from daedalus.defs.agent import project_instance
+    from daedalus.defs.record import record_days
+
+    with project_instance() as instance:
+        record_days(request, summary, instance, progress=_progress)
 
 
 def cmd_status(args) -> int:
@@ -188,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-preload-day-embeddings", action="store_true")
     train.add_argument("--force", action="store_true", help="recompute days even if up to date")
     train.add_argument("--dry-run", action="store_true", help="list what would run and why; run nothing")
+    train.add_argument("--no-dagster-record", action="store_true",
+                       help="do not record the written days on the Dagster instance")
     train.add_argument("--json", action="store_true", help="machine-readable summary")
     train.set_defaults(func=cmd_train)
 

@@ -79,43 +79,27 @@ def compile_pipeline(context: dg.OpExecutionContext, cfg: DaedalusConfig) -> Run
     return request
 
 
-@dg.op
-def skeleton_stage(context: dg.OpExecutionContext, request: RunRequest) -> dict:
-    """Source-side operators (DuckDB) for the partition's day."""
-    day = _day(context)
-    summary, results = _stage_run(context, request, "skeleton")
+def skeleton_outcome(request: RunRequest, day: dt.date, results: list[DayResult]) -> dict:
+    """What the skeleton stage left for the day: rows, folder, and whether (why) it ran."""
     written = written_day(request.skeleton_root, day)
-    recomputed = any(r.recomputed for r in results)
-    reason = results[0].reason if results else "no skeleton stage"
-    context.add_output_metadata({
-        "rows": written.rows,
-        "output_path": dg.MetadataValue.path(str(written.path)),
-        "status": ", ".join(sorted({r.status for r in results})),
-        "recomputed": recomputed,
-        "reason": reason,
-        "seconds": round(summary.seconds, 2),
-    })
     return {"day": day.isoformat(), "rows": written.rows, "output_path": str(written.path),
-            "recomputed": recomputed, "reason": reason}
+            "status": ", ".join(sorted({r.status for r in results})),
+            "recomputed": any(r.recomputed for r in results),
+            "reason": results[0].reason if results else "no skeleton stage"}
 
 
-@dg.op(out=dg.Out(dg.Nothing))
-def enrich_stage(context: dg.OpExecutionContext, request: RunRequest, skeleton: dict):
-    """Pythonic operators (Ray + Lance) for the day; stats come from parquet footers only.
-
-    The partition's metadata says whether each stage recomputed the day or found it up to
-    date, and why; the day's manifest fingerprint is the asset's data version.
-    """
-    day = _day(context)
-    _, results = _stage_run(context, request, "enrich")
+def training_metadata(request: RunRequest, day: dt.date, skeleton: dict,
+                      enrich_results: list[DayResult]) -> tuple[dict, str]:
+    """The training partition's metadata and data version (the day's manifest fingerprint),
+    the same for a Dagster run and for a day the CLI wrote and recorded."""
     root = request.final_root
     written = written_day(root, day)
     pipeline = request.pipeline
     embedding_columns = [e.name for op in pipeline.of_kind("RayUdfTransform")
                          for e in op.enrichments if e.name in written.columns]
-    statuses = sorted({r.status for r in results})
-    enrich_recomputed = any(r.recomputed for r in results)
-    enrich_reason = results[0].reason if results else "no enrichment"
+    statuses = sorted({r.status for r in enrich_results})
+    enrich_recomputed = any(r.recomputed for r in enrich_results)
+    enrich_reason = enrich_results[0].reason if enrich_results else "no enrichment"
     recomputed = skeleton["recomputed"] or enrich_recomputed
     reason = skeleton["reason"] if skeleton["recomputed"] else enrich_reason
     manifest = read_manifest(day_path(root, day)) or {}
@@ -127,7 +111,7 @@ def enrich_stage(context: dg.OpExecutionContext, request: RunRequest, skeleton: 
         "columns": list(written.columns),
         "embedding_columns": embedding_columns,
         "output_path": dg.MetadataValue.path(str(written.path)),
-        "partition": context.partition_key,
+        "partition": day.isoformat(),
         "skeleton_rows": skeleton["rows"],
         "status": ", ".join(statuses) or "no enrichment",
         "recomputed": recomputed,
@@ -141,8 +125,8 @@ def enrich_stage(context: dg.OpExecutionContext, request: RunRequest, skeleton: 
         "manifest_config_hash": fingerprint.get("config", ""),
         "manifest_operators": dg.MetadataValue.json(fingerprint.get("operators", {})),
         "manifest_timings": dg.MetadataValue.json(manifest.get("timings", {})),
-        # What each stage's manifest says it read ([file, size, mtime_ns] per source; the
-        # enriched day: its skeleton day and store versions) and the files it wrote.
+        # What each stage's manifest says it read ([file, size, mtime_ns, digest] per source;
+        # the enriched day: its skeleton day and store versions) and the files it wrote.
         "skeleton_manifest_inputs": dg.MetadataValue.json(
             skeleton_manifest.get("fingerprint", {}).get("inputs", {})),
         "skeleton_manifest_files": dg.MetadataValue.json(skeleton_manifest.get("files", [])),
@@ -152,6 +136,35 @@ def enrich_stage(context: dg.OpExecutionContext, request: RunRequest, skeleton: 
         "dagster/row_count": written.rows,
     }
     version = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+    return metadata, version
+
+
+@dg.op
+def skeleton_stage(context: dg.OpExecutionContext, request: RunRequest) -> dict:
+    """Source-side operators (DuckDB) for the partition's day."""
+    day = _day(context)
+    summary, results = _stage_run(context, request, "skeleton")
+    outcome = skeleton_outcome(request, day, results)
+    context.add_output_metadata({
+        "rows": outcome["rows"],
+        "output_path": dg.MetadataValue.path(outcome["output_path"]),
+        "status": outcome["status"],
+        "recomputed": outcome["recomputed"],
+        "reason": outcome["reason"],
+        "seconds": round(summary.seconds, 2),
+    })
+    return outcome
+
+
+@dg.op(out=dg.Out(dg.Nothing))
+def enrich_stage(context: dg.OpExecutionContext, request: RunRequest, skeleton: dict):
+    """Pythonic operators (Ray + Lance) for the day; stats come from parquet footers only.
+
+    The partition's metadata says whether each stage recomputed the day or found it up to
+    date, and why; the day's manifest fingerprint is the asset's data version.
+    """
+    _, results = _stage_run(context, request, "enrich")
+    metadata, version = training_metadata(request, _day(context), skeleton, results)
     return dg.Output(None, metadata=metadata, data_version=dg.DataVersion(version))
 
 

@@ -1,0 +1,70 @@
+"""One state, two doors: a day the CLI writes is a materialized partition on the Dagster
+instance (same metadata, same data version as a Dagster run), and a day Dagster writes is
+up to date in `daeda status`."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import pytest
+from test_dagster_e2e import _make_project
+
+from daedalus.cli import main
+from daedalus.defs import build_defs
+
+TRAINING = dg.AssetKey("dssm_ranking_training")
+CLI_DAY, DAGSTER_DAY = "2026-02-01", "2026-02-02"
+
+
+@pytest.mark.slow
+def test_cli_days_are_materializations_and_dagster_days_are_up_to_date(tmp_path, monkeypatch,
+                                                                        capsys):
+    from daedalus.demo.data import DemoDataSpec, generate_demo_data
+
+    sources = tmp_path / "sources"
+    generate_demo_data(sources, DemoDataSpec(days=2, users=150, artworks=400, events_per_day=1500))
+    demo = _make_project(tmp_path / "project", sources, tmp_path / "store")
+    for name in ("DAEDALUS_SOURCES_ROOT", "DAEDALUS_STORE_ROOT", "RAY_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DAGSTER_HOME", str(demo.home))
+    flags = ["--base-config-path", str(demo.root / "config/base.yaml"),
+             "--runtime-config-path", str(demo.root / "config/training/runtime.yaml"),
+             "--aggregation-config-path", str(demo.root / "config/training/aggregations.yaml"),
+             "--feature-views-dir", str(demo.root / "feature_views"),
+             "--feature-services-dir", str(demo.root / "feature_services")]
+    pipelines = ["--pipelines-dir", str(demo.root / "config/pipelines")]
+
+    # The CLI writes a day: the instance holds it as a materialized partition.
+    assert main(["pipeline", "train", "dssm_ranking", "--target-date", CLI_DAY,
+                 "--ray-num-cpus", "2", *pipelines, *flags]) == 0
+    assert "recorded 1 day(s) as dssm_ranking_training materializations" in capsys.readouterr().err
+    instance = dg.DagsterInstance.from_config(str(demo.home))
+    assert instance.get_materialized_partitions(TRAINING) == {CLI_DAY}
+    recorded = instance.get_latest_materialization_event(TRAINING).asset_materialization
+    meta = {k: v.value for k, v in recorded.metadata.items()}
+    assert recorded.partition == CLI_DAY and meta["recorded_by"] == "daeda pipeline train"
+    assert meta["rows"] > 0 and meta["recomputed"] is True and "image_embedding" in meta["columns"]
+    cli_version = recorded.tags["dagster/data_version"]
+
+    # Dagster on that day finds it up to date, with the data version the CLI recorded.
+    job = build_defs(demo.resource()).resolve_job_def("dssm_ranking_daily")
+    again = job.execute_in_process(partition_key=CLI_DAY, instance=instance)
+    (event,) = again.get_asset_materialization_events()
+    assert event.materialization.metadata["recomputed"].value is False
+    assert event.materialization.tags["dagster/data_version"] == cli_version
+
+    # Dagster writes the next day: `daeda status` calls both stages of it up to date.
+    job.execute_in_process(partition_key=DAGSTER_DAY, instance=instance)
+    capsys.readouterr()
+    assert main(["status", "dssm_ranking", "--from", CLI_DAY, "--to", DAGSTER_DAY, "--json",
+                 *pipelines, *flags]) == 0
+    states = json.loads(capsys.readouterr().out)
+    assert {(s["day"], s["stage"]): s["state"] for s in states} == {
+        (d, stage): "complete" for d in (CLI_DAY, DAGSTER_DAY) for stage in ("skeleton", "enrich")}
+
+    # A rerun that writes nothing records nothing.
+    assert main(["pipeline", "train", "dssm_ranking", "--target-date", CLI_DAY,
+                 "--ray-num-cpus", "2", *pipelines, *flags]) == 0
+    assert "recorded" not in capsys.readouterr().err
+    assert instance.get_materialized_partitions(TRAINING) == {CLI_DAY, DAGSTER_DAY}
