@@ -151,3 +151,19 @@ def test_reserved_words_match_the_locked_duckdb():
     ).fetchall()
     assert RESERVED_WORDS == frozenset(r[0] for r in rows)
     assert ident("select") == '"select"' and ident("user_id") == "user_id"
+
+
+def test_column_lineage_follows_the_dag_to_feature_view_fields(project):
+    from daedalus.lineage import column_lineage
+
+    config, registry = project.load()
+    pipeline = compiled_pipeline(registry, "dssm_ranking", config)
+    lineage = column_lineage(pipeline)
+    assert list(lineage) == [c.name for c in config.runtime.output_columns]
+    assert lineage["label_click"] == [("feed_impressions", "is_click")]
+    assert lineage["qid"] == [("feed_impressions", "feed_session")]
+    assert lineage["ctr_1d"] == [("artwork_stats", "ctr_1d")]
+    assert lineage["like_count_7d"] == [("user_likes", "user_id"), ("user_likes", "event_timestamp")]
+    assert lineage["like_artwork_avg_embeds"] == lineage["like_artwork_ids_7d"]
+    assert lineage["image_embedding"] == [("feed_impressions", "artwork_id")]
+    assert all(lineage.values())

@@ -46,6 +46,11 @@ def test_cli_days_are_materializations_and_dagster_days_are_up_to_date(tmp_path,
     assert recorded.partition == CLI_DAY and meta["recorded_by"] == "daeda pipeline train"
     assert meta["rows"] > 0 and meta["recomputed"] is True and "image_embedding" in meta["columns"]
     cli_version = recorded.tags["dagster/data_version"]
+    schema = {c.name: c.type for c in meta["dagster/column_schema"].columns}
+    assert schema["label_click"] == "bool" and schema["image_embedding"] == "list<element: halffloat>"
+    lineage = meta["dagster/column_lineage"].deps_by_column
+    assert [(d.asset_key.path[-1], d.column_name) for d in lineage["qid"]] == [
+        ("feed_impressions", "feed_session")]
 
     # Dagster on that day finds it up to date, with the data version the CLI recorded.
     job = build_defs(demo.resource()).resolve_job_def("dssm_ranking_daily")

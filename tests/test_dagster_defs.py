@@ -82,6 +82,21 @@ def test_training_asset_is_a_graph_of_compile_skeleton_enrich(defs):
                     "enrich_stage": {"compile_pipeline", "skeleton_stage"}}
 
 
+def test_training_asset_carries_the_dag_the_contract_and_column_lineage(defs, project):
+    config, _ = project.load()
+    assets_def = defs.resolve_assets_def(TRAINING)
+    meta = assets_def.specs_by_key[assets_def.key].metadata
+    assert [op["name"] for op in meta["dag"].value["operators"]][-1] == "sink_enriched"
+    names = [c if isinstance(c, str) else c["name"] for c in meta["output_contract"].value]
+    assert names == [c.name for c in config.runtime.output_columns]
+    lineage = meta["dagster/column_lineage"].deps_by_column
+    assert set(lineage) == set(names)
+    views = {d.asset_key for deps in lineage.values() for d in deps}
+    assert views == set(assets_def.keys_by_input_name.values())    # every view feeds a column
+    assert [(d.asset_key.path[-1], d.column_name) for d in lineage["views_1d"]] == [
+        ("artwork_stats", "views_1d")]
+
+
 def test_job_runs_in_process_over_the_daily_partitions_with_the_checks(defs):
     job = defs.resolve_job_def("dssm_ranking_daily")
     assert job.executor_def is dg.in_process_executor

@@ -37,6 +37,7 @@ class WrittenDay:
     rows: int
     columns: tuple[str, ...]
     files: tuple[Path, ...]
+    schema: pa.Schema | None = None     # the first file's Arrow schema (every file shares it)
 
 
 def written_day(root: Path, day: dt.date) -> WrittenDay:
@@ -44,13 +45,15 @@ def written_day(root: Path, day: dt.date) -> WrittenDay:
     folder = day_path(Path(root), day)
     files = tuple(sorted(folder.glob("*.parquet"))) if folder.is_dir() else ()
     rows = 0
-    columns: tuple[str, ...] = ()
+    schema = None
     for path in files:
         meta = pq.read_metadata(path)
         rows += meta.num_rows
-        if not columns:
-            columns = tuple(meta.schema.to_arrow_schema().names)
-    return WrittenDay(path=folder, exists=folder.is_dir(), rows=rows, columns=columns, files=files)
+        if schema is None:
+            schema = meta.schema.to_arrow_schema().remove_metadata()
+    columns = tuple(schema.names) if schema is not None else ()
+    return WrittenDay(path=folder, exists=folder.is_dir(), rows=rows, columns=columns, files=files,
+                      schema=schema)
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,14 @@
-"""Lineage from the registry: services ← views ← sources, both ways."""
+"""Lineage from the registry: services ← views ← sources, both ways; and, from a compiled
+DAG, each output column back to the feature view fields it is computed from."""
 
 from __future__ import annotations
 
 import json
+import re
 
 from daedalus.core.config import Config
 from daedalus.core.errors import DaedalusError
+from daedalus.core.operators import OperatorPipeline
 from daedalus.core.registry import Registry, check_service, service_views
 
 
@@ -47,3 +50,41 @@ def render(info: dict, fmt: str) -> str:
         lines.append(f"  sources:    {', '.join(info['sources'])}")
         lines.append(f"  downstream: {', '.join(info['downstream_services']) or '(none)'}")
     return "\n".join(lines)
+
+
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def column_lineage(pipeline: OperatorPipeline) -> dict[str, list[tuple[str, str]]]:
+    """Each column of the DAG's final sink → the (feature view, field) pairs it reads, from
+    the operators themselves: a projected column reads the spine fields its expression
+    names, a point-in-time feature its view's field, a rolling aggregate its view's column and
+    timestamp, the qid the session, an enrichment whatever its input column reads."""
+    ops = {op.name: op for op in pipeline.operators}
+
+    def scan_of(name: str):
+        op = ops[name]
+        while op.kind != "Scan":
+            op = ops[op.inputs[0]]
+        return op
+
+    deps: dict[str, list[tuple[str, str]]] = {}
+    for op in pipeline.operators:
+        if op.kind == "Project":
+            scan = scan_of(op.inputs[0])
+            for col in op.columns:
+                named = [w for w in _WORD.findall(col.expr) if w in scan.columns]
+                deps[col.name] = [(scan.view, w) for w in dict.fromkeys(named)]
+        elif op.kind == "PointInTimeJoin":
+            for feature in op.features:
+                deps[feature] = [(op.view, feature)]
+        elif op.kind == "RollingAggregate":
+            for agg in op.aggregations:
+                deps[agg.name] = [(op.view, agg.column or op.entity), (op.view, op.timestamp_field)]
+        elif op.kind == "ArrowUdfTransform":
+            deps[op.output_column] = list(deps.get(op.input_column, []))
+        elif op.kind == "RayUdfTransform":
+            for enrichment in op.enrichments:
+                deps[enrichment.name] = list(deps.get(enrichment.input_column, []))
+    sink = [op for op in pipeline.operators if op.kind == "Sink"][-1]
+    return {col.name: deps.get(col.name, []) for col in sink.columns}

@@ -19,11 +19,13 @@ from daedalus.core.registry import Registry, service_views
 from daedalus.core.results import DayResult, RunSummary
 from daedalus.defs.partitions import daily_partitions
 from daedalus.defs.resources import DaedalusConfig
+from daedalus.engine.pipeline import compiled_pipeline
 from daedalus.engine.plan import plan_run
 from daedalus.engine.request import RunRequest, Stage
 from daedalus.engine.runner import run
 from daedalus.layout.days import day_path
 from daedalus.layout.manifest import read_manifest
+from daedalus.lineage import column_lineage
 
 SERVICE_TAG = "daedalus/service"
 
@@ -47,6 +49,19 @@ def feature_view_specs(registry: Registry) -> list[dg.AssetSpec]:
                          metadata={"source": v.source, "timestamp_field": v.timestamp_field,
                                    "ttl": v.ttl or "none", "yaml": str(v.path)})
             for v in registry.views.values()]
+
+
+def lineage_metadata(pipeline) -> dg.TableColumnLineage:
+    """`dagster/column_lineage`: each output column back to its feature views' fields."""
+    return dg.TableColumnLineage(deps_by_column={
+        column: [dg.TableColumnDep(asset_key=view_key(view), column_name=field)
+                 for view, field in deps]
+        for column, deps in column_lineage(pipeline).items() if deps})
+
+
+def column_schema(schema) -> dg.TableSchema:
+    """`dagster/column_schema` from a written day's Arrow schema: names and types."""
+    return dg.TableSchema(columns=[dg.TableColumn(f.name, str(f.type)) for f in schema])
 
 
 def _day(context: dg.OpExecutionContext) -> dt.date:
@@ -134,7 +149,10 @@ def training_metadata(request: RunRequest, day: dt.date, skeleton: dict,
             enriched_manifest.get("fingerprint", {}).get("inputs", {})),
         "enriched_manifest_files": dg.MetadataValue.json(enriched_manifest.get("files", [])),
         "dagster/row_count": written.rows,
+        "dagster/column_lineage": lineage_metadata(pipeline),
     }
+    if written.schema is not None:
+        metadata["dagster/column_schema"] = column_schema(written.schema)
     version = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
     return metadata, version
 
@@ -171,6 +189,9 @@ def enrich_stage(context: dg.OpExecutionContext, request: RunRequest, skeleton: 
 def training_asset(service: str, config: Config, registry: Registry) -> dg.AssetsDefinition:
     """`<service>_training`: one partition per day, fed by the service's feature views."""
     views = service_views(registry.service(service), config)
+    pipeline = compiled_pipeline(registry, service, config)
+    contract = [c.model_dump(mode="json", exclude={"has_default"}) if c.has_default else c.name
+                for c in config.runtime.output_columns]
 
     def compose(**feature_views):
         request = compile_pipeline(feature_views=list(feature_views.values()))
@@ -185,6 +206,11 @@ def training_asset(service: str, config: Config, registry: Registry) -> dg.Asset
         kinds={"parquet", "duckdb", "ray"},
         code_version=__version__,
         tags={SERVICE_TAG: service},
+        metadata={
+            "dag": dg.MetadataValue.json(pipeline.model_dump(mode="json", exclude_none=True)),
+            "output_contract": dg.MetadataValue.json(contract),
+            "dagster/column_lineage": lineage_metadata(pipeline),
+        },
         ins={v: dg.AssetIn(key=view_key(v), dagster_type=dg.Nothing) for v in views},
     )
 
