@@ -95,7 +95,7 @@ def cmd_train(args) -> int:
 def _record_in_dagster(request, summary) -> None:
     """The days this run wrote, as materializations on the project's Dagster instance."""
     if not any(r.recomputed for r in summary.results):
-        return
+        return      # nothing written: spare the import of Dagster and the instance's start
     from daedalus.defs.agent import project_instance
     from daedalus.defs.record import record_days
 

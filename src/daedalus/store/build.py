@@ -30,14 +30,13 @@ import pyarrow as pa
 from daedalus.core.config import Config, EmbeddingStoreSpec
 from daedalus.core.errors import DaedalusError
 from daedalus.core.faults import crash_point
+from daedalus.layout.manifest import content_fingerprint, fingerprint_files
 from daedalus.layout.scratch import scratch_dir
 from daedalus.store.source import (
     build_query,
     check_source_schema,
     connect,
     source_files,
-    source_fingerprint,
-    source_listing,
     source_path,
     store_batches,
 )
@@ -155,9 +154,10 @@ def build_store(config: Config, name: str, *, force: bool = False,
         started = time.perf_counter()
         staging = path.with_name(f".{path.name}.building-{uuid.uuid4().hex[:12]}")
         work = Path(config.runtime.compute.duckdb_config.temp_directory) / staging.name.lstrip(".")
-        listing = source_listing(source, files)
+        # The source's content, as a day manifest records its inputs (layout.manifest).
+        listing = fingerprint_files(source, files)
         metadata = {"name": name, "source": str(source.resolve()), "source_files": len(files),
-                    "source_listing": listing, "source_fingerprint": source_fingerprint(listing),
+                    "source_listing": listing, "source_fingerprint": content_fingerprint(listing),
                     "built_at": dt.datetime.now(dt.UTC).isoformat(), "build_id": uuid.uuid4().hex}
         schema = _store_schema(spec, metadata)
         failed: list[DaedalusError] = []
@@ -233,8 +233,8 @@ def _staleness(config: Config, spec: EmbeddingStoreSpec, metadata: dict[str, Any
         files = source_files(source)
     except DaedalusError:
         return None
-    listing = source_listing(source, files, metadata.get("source_listing"))
-    if metadata.get("source_fingerprint") != source_fingerprint(listing):
+    listing = fingerprint_files(source, files, metadata.get("source_listing"))
+    if metadata.get("source_fingerprint") != content_fingerprint(listing):
         return f"{source} changed since the store was built"
     return None
 

@@ -20,7 +20,6 @@ from daedalus.core.config import Config, EmbeddingStoreSpec
 from daedalus.core.errors import DaedalusError
 from daedalus.core.faults import crash_point
 from daedalus.core.registry import column_null_count, open_parquet
-from daedalus.layout.manifest import content_fingerprint, fingerprint_files
 
 
 def source_path(config: Config, spec: EmbeddingStoreSpec) -> Path:
@@ -80,16 +79,6 @@ def check_source_schema(files: list[Path], spec: EmbeddingStoreSpec) -> None:
         if nulls:
             raise DaedalusError(f"{path}: {spec.id_column}: {nulls:,} null id(s); a vector needs"
                                 " its artwork id (fix: drop or repair those rows in the source)")
-
-
-def source_listing(source: Path, files: list[Path], known: list | None = None) -> list[list]:
-    """The source files' names, sizes, mtimes and content digests (see layout.manifest)."""
-    return fingerprint_files(source, files, known)
-
-
-def source_fingerprint(listing: list[list]) -> str:
-    """Changes when a source file's bytes change, not when it is rewritten identically."""
-    return content_fingerprint(listing)
 
 
 def _quote(text: str) -> str:
