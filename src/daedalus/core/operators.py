@@ -30,6 +30,9 @@ class _Op(_Frozen):
     engine: Engine
     description: str = ""
     sql: str | None = None
+    # Why the skeleton stage holds this operator's output instead of streaming it into the
+    # day's one statement; None for operators that stream (filled in by the compiler).
+    materialized: str | None = None
 
     CAN_RUN_ON: ClassVar[frozenset[str]] = frozenset({"sql"})
 
@@ -191,7 +194,11 @@ class OperatorPipeline(_Frozen):
         return any(op.kind == "RayUdfTransform" for op in self.operators)
 
     def to_yaml(self) -> str:
-        return dump_yaml(self.model_dump(mode="json", exclude_defaults=False))
+        data = self.model_dump(mode="json", exclude_defaults=False)
+        for op in data["operators"]:
+            if op["materialized"] is None:
+                del op["materialized"]  # only the few held operators say why
+        return dump_yaml(data)
 
     def check(self, path: Path | str = "<pipeline>") -> OperatorPipeline:
         """Names unique, inputs earlier in the list, engines within `can_run_on()`."""

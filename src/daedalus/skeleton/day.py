@@ -1,11 +1,13 @@
-"""`DayRun`: one skeleton day through its stages, in its own DuckDB connection and scratch folder.
+"""`DayRun`: one skeleton day, in its own DuckDB connection and scratch folder.
 
-Every heavy operator is its own stage, materialized to a parquet file in the scratch folder
-(so DuckDB's memory is released between them): the spine (Project), each PointInTimeJoin and
-each RollingAggregate. Scans and Filters are inlined as CTEs into the stage that reads them.
-The `assign_qid` Arrow function then runs on its date-order turn (it appends to
-`qid_map.parquet`), and the Sink assembles the day (Join) and streams it, sorted, into the
-part files of a staging folder that is renamed into place: a day is complete or absent. A day
+A day is one DuckDB statement: every operator up to the Sink is a CTE of it, so nothing
+between operators is written out and DuckDB plans the day as a whole. Before it, two small
+queries over the spine: its row count (the Sink must write exactly that many rows), and each
+Arrow function's feed (each input value once), which runs on the day's date-order turn
+(`assign_qid` appends to `qid_map.parquet`); what the function returns is held in memory and
+joined in (the operator's `materialized` field says so in the DAG), as is a RollingAggregate
+that `compute.engine: polars` computes. The statement streams the sorted day into the part
+files of a staging folder that is renamed into place: a day is complete or absent. A day
 without impressions writes no folder, only a 0-row sidecar manifest.
 """
 
@@ -18,12 +20,11 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from daedalus.core.config import Config, enriched_root_for
 from daedalus.core.errors import DaedalusError
 from daedalus.core.faults import crash_point
-from daedalus.core.operators import ArrowUdfTransform, PointInTimeJoin, Project, RollingAggregate
+from daedalus.core.operators import ArrowUdfTransform, RollingAggregate
 from daedalus.core.results import DayResult
 from daedalus.layout.days import day_lock, day_path, retire_day, staged_day
 from daedalus.layout.manifest import (
@@ -48,10 +49,11 @@ from daedalus.skeleton.sql import (
     param_names,
     spine_scan,
     sql_literal,
+    udf_feed_sql,
+    udf_values,
 )
 from daedalus.skeleton.writer import PartWriter, conform
 
-_MATERIALIZED = (Project, PointInTimeJoin, RollingAggregate)
 _BATCH_ROWS = 131_072
 
 
@@ -72,7 +74,7 @@ class DayRun:
         self.output_root = output_root
         self.qid_maps, self.order, self.index = qid_maps, order, index
         self.timings: dict[str, float] = {}
-        self.materialized: set[str] = set()
+        self.held: dict[str, pa.Table] = {}
         duck = config.runtime.compute.duckdb_config
         self.work = Path(duck.temp_directory) / f"skeleton-{day:%Y-%m-%d}-{uuid.uuid4().hex[:12]}"
 
@@ -169,61 +171,58 @@ class DayRun:
             for name in param_names(sql)
         }
 
-    def _view(self, name: str, target: Path) -> None:
-        self.con.execute(
-            f"CREATE OR REPLACE VIEW {ident(name)} AS"
-            f" SELECT * FROM read_parquet({sql_literal(str(target))})"
+    def _query(self, op_name: str, sql: str) -> duckdb.DuckDBPyRelation:
+        """`sql` with its parameters bound; a DuckDB failure becomes a one-line error naming
+        the unreadable source file if there is one, else the operator."""
+        try:
+            return self.con.sql(sql, params=self._params(sql))
+        except duckdb.Error as exc:
+            raise self._failure(op_name, exc) from None
+
+    def _failure(self, op_name: str, exc: duckdb.Error) -> DaedalusError:
+        unreadable = unreadable_source(self.config, self.plan.scans, self.day)
+        if unreadable:
+            return unreadable
+        return DaedalusError(
+            f"{self.plan.pipeline.service} DAG: operators.{op_name}: DuckDB failed on"
+            f" {self.day}: {str(exc).splitlines()[0]} (fix: check the operator's parameters"
+            " and the source files)"
         )
-        self.materialized.add(name)
+
+    def _hold(self, name: str, table: pa.Table) -> None:
+        """Bind an in-memory Arrow table as relation `name` of the day's statement."""
+        self.con.register(name, table)
+        self.held[name] = table
 
     # -- stages -------------------------------------------------------------------------------
 
     def _stages(self) -> int:
-        """Materialize the spine, joins and aggregates; assign qids. Returns the spine's rows."""
-        rows = 0
-        for op in self.plan.ops:
-            if not isinstance(op, _MATERIALIZED):
-                continue
-            n = self._materialize(op)
-            if op is self.plan.spine:
-                rows = n
-                if not rows:
-                    self.order.pass_turn(self.index)
-                    return 0
+        """Count the spine, run the Arrow functions on the day's date-order turn and the
+        aggregates another engine computes. Returns the spine's rows."""
+        started = time.perf_counter()
+        spine = self.plan.spine
+        sql = self.plan.statement(spine, set(self.held), f"SELECT count(*) FROM {ident(spine.name)}")
+        try:
+            rows = self.con.execute(sql, self._params(sql)).fetchall()[0][0]
+        except duckdb.Error as exc:
+            raise self._failure(spine.name, exc) from None
+        self.timings["count_spine"] = time.perf_counter() - started
+        if not rows:
+            self.order.pass_turn(self.index)
+            return 0
         self.order.wait_turn(self.index)
         try:
             for op in self.plan.udfs:
                 self._udf(op)
         finally:
             self.order.pass_turn(self.index)
+        if self.config.runtime.compute.engine == "polars":
+            for op in self.plan.ops:
+                if isinstance(op, RollingAggregate):
+                    self._rolling_polars(op)
         return rows
 
-    def _materialize(self, op) -> int:
-        if isinstance(op, RollingAggregate) and self.config.runtime.compute.engine == "polars":
-            return self._rolling_polars(op)
-        started = time.perf_counter()
-        sql = self.plan.statement(op, self.materialized)
-        target = self.work / f"{op.name}.parquet"
-        copy = (
-            f"COPY (\n{sql}\n) TO {sql_literal(str(target))}"
-            " (FORMAT parquet, COMPRESSION uncompressed)"
-        )
-        try:
-            rows = self.con.execute(copy, self._params(copy)).fetchone()[0]
-        except duckdb.Error as exc:
-            unreadable = unreadable_source(self.config, self.plan.scans, self.day)
-            if unreadable:
-                raise unreadable from None
-            raise DaedalusError(
-                f"{self.plan.pipeline.service} DAG: operators.{op.name}: DuckDB"
-                f" failed on {self.day}: {str(exc).splitlines()[0]} (fix: check the"
-                " operator's parameters and the source files)"
-            ) from None
-        self._view(op.name, target)
-        self.timings[op.name] = time.perf_counter() - started
-        return rows
-
-    def _rolling_polars(self, op: RollingAggregate) -> int:
+    def _rolling_polars(self, op: RollingAggregate) -> None:
         """`compute.engine: polars`: the same scanned inputs, aggregated by Polars."""
         from daedalus.skeleton.polars_engine import rolling_aggregate
 
@@ -232,49 +231,42 @@ class DayRun:
         spine_ts = spine_scan(self.plan.pipeline, spine).timestamp_field
         tables = []
         for name in (spine, view):
-            sql = (f"SELECT * FROM {ident(name)}" if name in self.materialized
-                   else self.plan.statement(self.plan.pipeline.op(name), self.materialized))
+            sql = self.plan.statement(self.plan.pipeline.op(name), set(self.held))
             try:
-                tables.append(self.con.sql(sql, params=self._params(sql)).to_arrow_table())
+                tables.append(self._query(name, sql).to_arrow_table())
             except duckdb.Error as exc:
-                raise DaedalusError(
-                    f"{self.plan.pipeline.service} DAG: operators.{name}: DuckDB failed on"
-                    f" {self.day}: {str(exc).splitlines()[0]} (fix: check the operator's"
-                    " parameters and the source files)"
-                ) from None
-        result = rolling_aggregate(op, tables[0], tables[1], spine_ts)
-        target = self.work / f"{op.name}.parquet"
-        pq.write_table(result, target, compression="none")
-        self._view(op.name, target)
+                raise self._failure(name, exc) from None
+        self._hold(op.name, rolling_aggregate(op, tables[0], tables[1], spine_ts))
         self.timings[op.name] = time.perf_counter() - started
-        return result.num_rows
 
     def _udf(self, op: ArrowUdfTransform) -> None:
+        """Feed the function each input value once; hold value → output for the statement."""
         started = time.perf_counter()
-        sql = self.plan.statement(op, self.materialized)
-        rel = self.con.sql(sql, params=self._params(sql)).to_arrow_table()
-        qids, _ = self.qid_maps[op.name].assign(rel[op.input_column])
-        target = self.work / f"{op.name}.parquet"
-        pq.write_table(
-            pa.table({SPINE_ROW: rel[SPINE_ROW], op.output_column: qids}),
-            target,
-            compression="none",
-        )
-        self._view(op.name, target)
+        spine = self.plan.pipeline.op(op.inputs[0])
+        sql = self.plan.statement(spine, set(self.held), udf_feed_sql(op, self.plan.pipeline))
+        try:
+            keys = self._query(op.name, sql).to_arrow_table()[op.input_column]
+        except duckdb.Error as exc:
+            raise self._failure(op.name, exc) from None
+        values, _ = self.qid_maps[op.name].assign(keys)
+        self._hold(udf_values(op), pa.table({op.input_column: keys, op.output_column: values}))
         self.timings[op.name] = time.perf_counter() - started
 
     def _sink(self, staging: Path) -> tuple[int, list[str]]:
+        """The day's one statement (every operator up to the Sink), streamed into the parts."""
         started = time.perf_counter()
         sink = self.plan.sink
-        sql = self.plan.statement(sink, self.materialized)
-        reader = self.con.sql(sql, params=self._params(sql)).to_arrow_reader(_BATCH_ROWS)
+        sql = self.plan.statement(sink, set(self.held))
         defaults = {c.name for c in sink.columns if c.has_default} - set(
             output_columns(self.plan.pipeline.op(sink.inputs[0]), self.plan.pipeline)
         )
         writer = PartWriter(staging, self.config.runtime.skeleton_chunk_rows, sink.compression)
         try:
+            reader = self._query(sink.name, sql).to_arrow_reader(_BATCH_ROWS)
             for batch in reader:
                 writer.write(conform(batch, defaults, self.plan.embedding_columns))
+        except duckdb.Error as exc:
+            raise self._failure(sink.name, exc) from None
         finally:
             writer.close()
         self.timings[sink.name] = time.perf_counter() - started

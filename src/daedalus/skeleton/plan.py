@@ -141,27 +141,28 @@ class SkeletonPlan:
     def udfs(self) -> list[ArrowUdfTransform]:
         return [op for op in self.ops if isinstance(op, ArrowUdfTransform)]
 
-    def statement(self, op, materialized: set[str]) -> str:
-        """`op`'s SQL with every not-yet-materialized input inlined as a CTE, in DAG order."""
+    def statement(self, op, held: set[str], select: str | None = None) -> str:
+        """`op`'s SQL with every input not in `held` inlined as a CTE, in DAG order; with
+        `select`, that query over `op` (as one more CTE) instead of `op`'s own rows."""
         inline: list = []
-        stack = list(op.inputs)
+        stack = list(op.inputs) if select is None else [op.name]
         while stack:
             name = stack.pop()
-            if name in materialized or any(o.name == name for o in inline):
+            if name in held or any(o.name == name for o in inline):
                 continue
             dep = self.pipeline.op(name)
             inline.append(dep)
             stack.extend(dep.inputs)
-        if not inline:
-            return operator_sql(op, self.pipeline)
+        if select is None:
+            if not inline:
+                return operator_sql(op, self.pipeline)
+            inline.append(op)
+            select = f"SELECT * FROM {ident(op.name)}"
         order = [o for o in self.ops if o in inline]
         ctes = ",\n".join(
             f"{ident(o.name)} AS (\n{_indent(operator_sql(o, self.pipeline))}\n)" for o in order
         )
-        return (
-            f"WITH {ctes},\n{ident(op.name)} AS (\n{_indent(operator_sql(op, self.pipeline))}\n)\n"
-            f"SELECT * FROM {ident(op.name)}"
-        )
+        return f"WITH {ctes}\n{select}" if ctes else select
 
 
 def _indent(sql: str) -> str:

@@ -1,10 +1,11 @@
 """The SQL every source-side operator runs, as text a person can read in the compiled DAG.
 
 `operator_sql(op, pipeline)` renders one operator as a SELECT over relations named after its
-input operators. The skeleton stage binds those names (as CTEs, or as views over the files an
-earlier stage materialized) and the day's `$parameters`: `$day_start`, `$day_end` and one
-`$<scan>_files` list per Scan. Values are always bound; the few literals that must be spliced
-(materialized file paths, Sink defaults) go through `sql_literal`, the one quoting helper.
+input operators. The skeleton stage binds those names as CTEs of the day's one statement (or,
+for the few outputs another engine computes, as in-memory Arrow tables) and the day's
+`$parameters`: `$day_start`, `$day_end` and one `$<scan>_files` list per Scan. Values are
+always bound; the few literals that must be spliced (Sink defaults) go through `sql_literal`,
+the one quoting helper.
 
 Point-in-time rule (docs/data-contract.md): a feature row is visible at impression time `t`
 iff its timestamp is `< t` and, with a TTL, `>= t - ttl`. Among visible rows the latest wins;
@@ -285,14 +286,33 @@ def _rolling_sql(op: RollingAggregate, pipeline: OperatorPipeline) -> str:
     return text
 
 
-def _udf_sql(op: ArrowUdfTransform, pipeline: OperatorPipeline) -> str:
+def udf_values(op: ArrowUdfTransform) -> str:
+    """The relation holding what the Arrow function returned: one row per input value."""
+    return f"{op.name}_values"
+
+
+def udf_feed_sql(op: ArrowUdfTransform, pipeline: OperatorPipeline) -> str:
+    """What the Arrow function is fed: each input value once, in order of its first row."""
     spine = op.inputs[0]
     t = spine_scan(pipeline, spine).timestamp_field
     return (
-        f"-- rows in first-impression order, fed to the Arrow function {op.udf}()\n"
-        f"SELECT {_cols([SPINE_ROW, op.input_column])}\n"
+        f"-- each {op.input_column} once, in order of its first impression"
+        f" (ties by {op.input_column}), fed to {op.udf}()\n"
+        f"SELECT {ident(op.input_column)}\n"
         f"FROM {ident(spine)}\n"
-        f"ORDER BY {_cols([t, op.input_column])}"
+        f"GROUP BY {ident(op.input_column)}\n"
+        f"ORDER BY min({ident(t)}), {ident(op.input_column)}"
+    )
+
+
+def _udf_sql(op: ArrowUdfTransform, pipeline: OperatorPipeline) -> str:
+    spine, values, key = ident(op.inputs[0]), ident(udf_values(op)), ident(op.input_column)
+    return (
+        f"-- {op.output_column} per row: {op.udf}() maps each {op.input_column} once, into"
+        f" {udf_values(op)}\n"
+        f"SELECT {spine}.{ident(SPINE_ROW)}, {values}.{ident(op.output_column)}\n"
+        f"FROM {spine}\n"
+        f"LEFT JOIN {values} ON {values}.{key} = {spine}.{key}"
     )
 
 
@@ -353,8 +373,21 @@ def day_params(day: dt.date) -> dict[str, dt.datetime]:
     return {"day_start": start, "day_end": start + dt.timedelta(days=1)}
 
 
+UDF_MATERIALIZED = (
+    "its values come from a Python function on the day's date-order turn, so they are held"
+    " in memory (one row per input value) and joined into the day's single statement"
+)
+
+
 def with_sql(pipeline: OperatorPipeline) -> OperatorPipeline:
-    """Attach the SQL each `sql` operator will run, so the DAG shows it."""
-    ops = tuple(op.model_copy(update={"sql": operator_sql(op, pipeline)}) if op.source_side else op
-                for op in pipeline.operators)
-    return pipeline.model_copy(update={"operators": ops})
+    """Attach the SQL each `sql` operator will run, so the DAG shows it, and say which
+    operators' outputs are held rather than streamed, and why."""
+    ops = []
+    for op in pipeline.operators:
+        if op.source_side:
+            update: dict[str, Any] = {"sql": operator_sql(op, pipeline)}
+            if isinstance(op, ArrowUdfTransform):
+                update["materialized"] = UDF_MATERIALIZED
+            op = op.model_copy(update=update)
+        ops.append(op)
+    return pipeline.model_copy(update={"operators": tuple(ops)})
