@@ -113,7 +113,7 @@ def test_changed_source_file_recomputes_only_days_that_read_it(trained, capsys, 
 
 def test_config_change_recomputes_with_reason(trained, capsys):
     before = written_at(trained)
-    trained.edit(trained.runtime, "skeleton_chunk_rows: 1000000", "skeleton_chunk_rows: 500")
+    trained.edit(trained.runtime, "skeleton_chunk_rows: 250000", "skeleton_chunk_rows: 500")
     assert train(trained) == 0
     assert recomputed_days(trained, before) == set(DAYS)
     assert "recomputing, config changed since last run" in capsys.readouterr().err

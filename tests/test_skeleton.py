@@ -349,7 +349,7 @@ def test_a_lookback_shorter_than_the_ttl_is_refused(planted, capsys):
 
 
 def test_skeleton_chunk_rows_splits_parts_in_order(planted):
-    planted.edit(planted.runtime, "skeleton_chunk_rows: 1000000", "skeleton_chunk_rows: 4")
+    planted.edit(planted.runtime, "skeleton_chunk_rows: 250000", "skeleton_chunk_rows: 4")
     assert train(planted) == 0
     folder = out_root(planted) / f"dt={D1}"
     parts = sorted(p.name for p in folder.glob("part-*.parquet"))
@@ -448,3 +448,51 @@ def test_a_point_in_time_join_without_ttl_is_refused(planted, capsys):
         "operators.pit_artwork_stats.ttl: a point-in-time join needs a ttl"
         in capsys.readouterr().err
     )
+
+
+def test_a_small_memory_limit_and_one_thread_give_the_same_bytes(planted, tmp_path):
+    """The day's one statement spills rather than fails: 500MB and one thread, same bytes."""
+    assert train(planted, "--output-root", str(tmp_path / "default")) == 0
+    planted.edit(planted.runtime, "memory_limit: 1GB", "memory_limit: 500MB")
+    planted.edit(planted.runtime, "threads: 2", "threads: 1")
+    planted.edit(planted.runtime, "skeleton_chunk_rows: 250000", "skeleton_chunk_rows: 5")
+    assert train(planted, "--output-root", str(tmp_path / "small")) == 0
+    for day in (D1, D2):
+        small = pq.read_table(tmp_path / "small" / f"dt={day}")
+        assert small.equals(pq.read_table(tmp_path / "default" / f"dt={day}"))
+        assert len(list((tmp_path / "small" / f"dt={day}").glob("part-*"))) > 1
+
+
+def test_the_day_is_one_statement_and_held_operators_say_why(planted):
+    """Nothing between operators is written out: the manifest times the spine count, the qid
+    function and the one statement (the Sink); the DAG names what is held, and why."""
+    assert train(planted) == 0
+    manifest = json.loads((out_root(planted) / f"dt={D1}" / "_manifest.json").read_text())
+    assert list(manifest["timings"]) == ["count_spine", "assign_qid", "sink_skeleton"]
+    dag = planted.pipelines / "dssm_ranking.generated.yaml"
+    assert main(["pipeline", "compile", "dssm_ranking", "--output-dir", str(planted.pipelines),
+                 *planted.cli_flags()]) == 0
+    from daedalus.core.operators import load_pipeline_yaml
+
+    held = {op.name: op.materialized for op in load_pipeline_yaml(dag).operators if op.materialized}
+    assert list(held) == ["assign_qid"] and "Python function" in held["assign_qid"]
+    planted.edit(planted.runtime, "engine: duckdb", "engine: polars")
+    assert main(["pipeline", "compile", "dssm_ranking", "--output-dir", str(planted.pipelines),
+                 *planted.cli_flags()]) == 0
+    held = {op.name for op in load_pipeline_yaml(dag).operators if op.materialized}
+    assert held == {"assign_qid", "rolling_user_likes"}
+
+
+def test_a_part_that_fails_to_write_fails_the_writer(tmp_path):
+    import pyarrow as pa
+
+    from daedalus.skeleton.writer import PartWriter
+
+    batch = pa.record_batch({"x": pa.array(range(10))})
+    with pytest.raises(OSError), PartWriter(tmp_path / "missing", 3, "zstd", threads=2) as writer:
+        writer.write(batch)
+    with PartWriter(tmp_path, 3, "zstd", threads=2) as writer:
+        writer.write(batch)
+    assert writer.files == [f"part-{i}-0.parquet" for i in range(4)]
+    assert pa.concat_tables(pq.read_table(tmp_path / f) for f in writer.files).equals(
+        pa.Table.from_batches([batch]))

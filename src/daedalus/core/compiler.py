@@ -66,7 +66,7 @@ def compile_service(registry: Registry, service_name: str, config: Config,
     projected.append(ProjectedColumn(
         name=SPINE_ROW, expr=f"row_number() OVER (ORDER BY {', '.join(total_order)}) - 1"))
     ops.append(Project(name="project_spine", inputs=("filter_spine_day",), engine="sql",
-                       columns=tuple(dict((p.name, p) for p in projected).values()), order_by=sort_by,
+                       columns=tuple(dict((p.name, p) for p in projected).values()),
                        description="the day's spine: copied columns, labels, a stable row number"))
     joined = ["project_spine"]
     if service.spine.qid_from:

@@ -83,7 +83,7 @@ class BaseConfig(BaseSettings):
 
 class DuckDBSettings(_Frozen):
     threads: int | None = Field(None, gt=0)
-    memory_limit: str = "3GB"
+    memory_limit: str = "1GB"
     temp_directory: Path = Path("data/tmp/duckdb")
     preserve_insertion_order: bool = False
 
@@ -140,7 +140,7 @@ class RuntimeConfig(_Frozen):
     feed_end: dt.date
     output_root: Path = Path("data/training_output")
     day_workers: int = Field(1, gt=0)
-    skeleton_chunk_rows: int = Field(1_000_000, gt=0)
+    skeleton_chunk_rows: int = Field(250_000, gt=0)
     enrich_batch_rows: int = Field(50_000, gt=0)
     feature_refs: tuple[str, ...] = ()
     output_columns: tuple[OutputColumn, ...]

@@ -15,7 +15,7 @@ from daedalus.skeleton.sql import with_sql
 
 def compiled_pipeline(registry: Registry, service_name: str, config: Config) -> OperatorPipeline:
     """The service compiled afresh, with its SQL: what `daeda pipeline compile` writes."""
-    return with_sql(compile_service(registry, service_name, config))
+    return with_sql(compile_service(registry, service_name, config), config.runtime.compute.engine)
 
 
 def resolve_pipeline(registry: Registry, service_name: str, config: Config,
@@ -28,5 +28,5 @@ def resolve_pipeline(registry: Registry, service_name: str, config: Config,
         if pipeline.service != service_name:
             raise DaedalusError(f"{override}: service: {pipeline.service!r} is not {service_name!r}"
                                 f" (fix: set service: {service_name} or remove the file)")
-        return with_sql(pipeline), override
-    return with_sql(compiled), None
+        return with_sql(pipeline, config.runtime.compute.engine), override
+    return with_sql(compiled, config.runtime.compute.engine), None

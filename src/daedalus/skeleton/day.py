@@ -14,6 +14,7 @@ without impressions writes no folder, only a 0-row sidecar manifest.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 import uuid
 from pathlib import Path
@@ -260,14 +261,13 @@ class DayRun:
         defaults = {c.name for c in sink.columns if c.has_default} - set(
             output_columns(self.plan.pipeline.op(sink.inputs[0]), self.plan.pipeline)
         )
-        writer = PartWriter(staging, self.config.runtime.skeleton_chunk_rows, sink.compression)
-        try:
-            reader = self._query(sink.name, sql).to_arrow_reader(_BATCH_ROWS)
-            for batch in reader:
-                writer.write(conform(batch, defaults, self.plan.embedding_columns))
-        except duckdb.Error as exc:
-            raise self._failure(sink.name, exc) from None
-        finally:
-            writer.close()
+        duck = self.config.runtime.compute.duckdb_config
+        chunk_rows = self.config.runtime.skeleton_chunk_rows
+        with PartWriter(staging, chunk_rows, sink.compression, duck.threads or os.cpu_count()) as writer:
+            try:
+                for batch in self._query(sink.name, sql).to_arrow_reader(_BATCH_ROWS):
+                    writer.write(conform(batch, defaults, self.plan.embedding_columns))
+            except duckdb.Error as exc:
+                raise self._failure(sink.name, exc) from None
         self.timings[sink.name] = time.perf_counter() - started
         return writer.rows, writer.files

@@ -377,17 +377,23 @@ UDF_MATERIALIZED = (
     "its values come from a Python function on the day's date-order turn, so they are held"
     " in memory (one row per input value) and joined into the day's single statement"
 )
+POLARS_MATERIALIZED = (
+    "compute.engine: polars computes it from its scanned inputs, so its rows are held in"
+    " memory as an Arrow table that the day's single statement reads in place"
+)
 
 
-def with_sql(pipeline: OperatorPipeline) -> OperatorPipeline:
+def with_sql(pipeline: OperatorPipeline, engine: str = "duckdb") -> OperatorPipeline:
     """Attach the SQL each `sql` operator will run, so the DAG shows it, and say which
-    operators' outputs are held rather than streamed, and why."""
+    operators' outputs are held rather than streamed, and why (`engine`: compute.engine)."""
     ops = []
     for op in pipeline.operators:
         if op.source_side:
-            update: dict[str, Any] = {"sql": operator_sql(op, pipeline)}
+            update: dict[str, Any] = {"sql": operator_sql(op, pipeline), "materialized": None}
             if isinstance(op, ArrowUdfTransform):
                 update["materialized"] = UDF_MATERIALIZED
+            elif isinstance(op, RollingAggregate) and engine == "polars":
+                update["materialized"] = POLARS_MATERIALIZED
             op = op.model_copy(update=update)
         ops.append(op)
     return pipeline.model_copy(update={"operators": tuple(ops)})
