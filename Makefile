@@ -49,6 +49,7 @@ lint: install
 
 bench: install
 	.venv/bin/python bench/run_all.py
+	.venv/bin/python bench/skeleton.py
 
 PORT ?= 3000
 

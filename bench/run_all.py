@@ -4,6 +4,10 @@ Runs, each a fresh `daeda` child process over an empty output root:
   skeleton (duckdb engine), skeleton (polars engine), train (skeleton then enrich, one process,
   Ray started inside it; the enrich row is that run's enrich stage).
 Floors, measured in this same run on the same data:
+  one-statement the whole skeleton day as one hand-written DuckDB statement
+                (bench/skeleton_floor.py), a child process like the stage, with its DuckDB
+                threads and memory limit; the skeleton (duckdb) row is compared with it on
+                process wall and CPU (bench/skeleton.py does the same case by case, in pairs);
   duckdb-read   DuckDB reading every column of the day's source files (the scans' lookbacks);
   fp16-write    writing the day's two float16 list columns to parquet (zstd, no dictionary,
                 no statistics: the enrich writer's settings);
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -88,18 +93,40 @@ class TreePeak:
         return self.peak
 
 
-def daeda(args: list[str], flags: list[str]) -> tuple[dict, float, int]:
-    """Run `daeda ... --json`; returns (summary, wall seconds, peak tree RSS bytes)."""
-    started = time.perf_counter()
-    proc = subprocess.Popen([*DAEDA, *args, *flags, "--json"], cwd=REPO, env=env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def child(cmd: list[str]) -> tuple[str, float, float, int]:
+    """Run `cmd`; returns (stdout, wall seconds, CPU seconds, peak tree RSS bytes). The CPU
+    is that of the child and of every descendant it waited for."""
+    cpu, started = children_cpu(), time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     peak = TreePeak(proc.pid)
     out, err = proc.communicate()
     wall = time.perf_counter() - started
     rss = peak.stop()
     if proc.returncode != 0:
-        raise SystemExit(f"daeda {' '.join(args)} failed:\n{err[-3000:]}")
-    return json.loads(out), wall, rss
+        raise SystemExit(f"{' '.join(cmd[2:5])} failed:\n{err[-3000:]}")
+    return out, wall, children_cpu() - cpu, rss
+
+
+def daeda(args: list[str], flags: list[str]) -> tuple[dict, float, float, int]:
+    """Run `daeda ... --json`; returns (summary, wall s, CPU s, peak tree RSS bytes)."""
+    out, wall, cpu, rss = child([*DAEDA, *args, *flags, "--json"])
+    return json.loads(out), wall, cpu, rss
+
+
+def floor_one_statement(config, work: Path) -> tuple[float, float, int]:
+    """bench/skeleton_floor.py on the day, as a child process: (wall s, CPU s, peak RSS)."""
+    duck = config.runtime.compute.duckdb_config
+    _, wall, cpu, rss = child([
+        sys.executable, str(REPO / "bench/skeleton_floor.py"), "--sources", str(SOURCES),
+        "--day", DAY, "--out", str(work / "floor-skeleton.parquet"),
+        "--threads", str(duck.threads or os.cpu_count()), "--memory-limit", duck.memory_limit])
+    return wall, cpu, rss
 
 
 def prepare(log) -> None:
@@ -202,22 +229,28 @@ def main() -> None:
         for engine, runtime_path in (("duckdb", runtime), ("polars", polars_runtime)):
             log(f"skeleton ({engine}) ...")
             out = work / f"skel-{engine}"
-            summary, wall, rss = daeda(
+            summary, wall, cpu, rss = daeda(
                 ["pipeline", "train", "dssm_ranking", "--skeleton-only", "--output-root",
                  str(out), "--runtime-config-path", str(runtime_path)], common)
             result = summary["results"][0]
             rows.append({"stage": f"skeleton ({engine})", "rows": result["rows"], "wall_s": wall,
-                         "stage_s": result["seconds"], "peak_rss_gib": rss / GIB})
+                         "cpu_s": cpu, "stage_s": result["seconds"], "peak_rss_gib": rss / GIB})
+            if engine == "duckdb":
+                log("floor: one-statement skeleton ...")
+                wall, cpu, rss = floor_one_statement(config, work)
+                rows.append({"stage": "floor: one-statement", "rows": result["rows"],
+                             "wall_s": wall, "cpu_s": cpu, "stage_s": None,
+                             "peak_rss_gib": rss / GIB})
         log("train (skeleton + enrich) ...")
         out = work / "train"
-        summary, wall, rss = daeda(["pipeline", "train", "dssm_ranking", "--output-root",
-                                    str(out)], [*common, *ray])
+        summary, wall, cpu, rss = daeda(["pipeline", "train", "dssm_ranking", "--output-root",
+                                         str(out)], [*common, *ray])
         by_stage = {r["stage"]: r for r in summary["results"]}
         enrich = by_stage["enrich"]
         rows.append({"stage": "enrich (in train)", "rows": enrich["rows"], "wall_s": None,
-                     "stage_s": enrich["seconds"], "peak_rss_gib": None})
+                     "cpu_s": None, "stage_s": enrich["seconds"], "peak_rss_gib": None})
         rows.append({"stage": "train (skeleton+enrich)", "rows": enrich["rows"], "wall_s": wall,
-                     "stage_s": by_stage["skeleton"]["seconds"] + enrich["seconds"],
+                     "cpu_s": cpu, "stage_s": by_stage["skeleton"]["seconds"] + enrich["seconds"],
                      "peak_rss_gib": rss / GIB})
 
         log("floors ...")
@@ -232,13 +265,17 @@ def main() -> None:
                 config.base.embedding_dim),
         }
         for name, seconds in floors.items():
-            rows.append({"stage": f"floor: {name}", "rows": n, "wall_s": None, "stage_s": seconds,
-                         "peak_rss_gib": None})
+            rows.append({"stage": f"floor: {name}", "rows": n, "wall_s": None, "cpu_s": None,
+                         "stage_s": seconds, "peak_rss_gib": None})
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     stage = {r["stage"]: r["stage_s"] for r in rows}
+    by_name = {r["stage"]: r for r in rows}
+    skeleton, one = by_name["skeleton (duckdb)"], by_name["floor: one-statement"]
     ratios = {
+        "skeleton (duckdb) / one-statement, process wall": skeleton["wall_s"] / one["wall_s"],
+        "skeleton (duckdb) / one-statement, process CPU": skeleton["cpu_s"] / one["cpu_s"],
         "skeleton (duckdb) / duckdb-read": stage["skeleton (duckdb)"] / floors["duckdb-read"],
         "enrich / fp16-write": stage["enrich (in train)"] / floors["fp16-write"],
         "train / sum of floors": stage["train (skeleton+enrich)"] / sum(floors.values()),
@@ -249,13 +286,17 @@ def main() -> None:
                                           indent=2))
     print(f"bench day {DAY}: {os.cpu_count()} CPUs, load {meta['load_1m']:.1f},"
           f" ray_num_cpus={args.ray_num_cpus}, day_workers={args.day_workers}")
-    print("| stage | rows | process wall s | stage s | rows/s (stage) | peak RSS GiB (tree) |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| stage | rows | process wall s | process CPU s | stage s | rows/s (stage) |"
+          " peak RSS GiB (tree) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+
+    def fmt(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
     for r in rows:
-        wall = f"{r['wall_s']:.2f}" if r["wall_s"] is not None else "-"
-        rss = f"{r['peak_rss_gib']:.2f}" if r["peak_rss_gib"] is not None else "-"
-        print(f"| {r['stage']} | {r['rows']:,} | {wall} | {r['stage_s']:.2f} |"
-              f" {r['rows'] / r['stage_s']:,.0f} | {rss} |")
+        per_s = f"{r['rows'] / r['stage_s']:,.0f}" if r["stage_s"] else "-"
+        print(f"| {r['stage']} | {r['rows']:,} | {fmt(r['wall_s'])} | {fmt(r['cpu_s'])} |"
+              f" {fmt(r['stage_s'])} | {per_s} | {fmt(r['peak_rss_gib'])} |")
     print()
     for name, value in ratios.items():
         print(f"- {name}: {value:.2f}x")

@@ -1,15 +1,21 @@
-"""Skeleton stage benchmark: one day of `daeda pipeline train dssm_ranking --skeleton-only`.
+"""Skeleton stage benchmark: the stage against its one-statement floor, case by case.
 
-Each run is a fresh child process (so peak RSS is that run's own, read with os.wait4) writing
-into an empty output root. Cases:
+Each case runs the stage (`daeda pipeline train dssm_ranking --skeleton-only` on an empty
+output root) and the floor (`bench/skeleton_floor.py`: the same day as one hand-written DuckDB
+statement, with the stage's DuckDB threads and memory limit) as fresh child processes, in
+turn (stage, floor, stage, floor, ...), so a drift of the machine's speed hits both; ratios
+are taken pair by pair and their median reported. After the pairs, the floor's file is
+checked equal to the stage's output on every column, in order (untimed). Wall, CPU (user +
+system, wait4) and peak RSS (the child's own VmHWM) are whole-process figures. Cases:
 
-- `1m`: the `bench` demo preset's 1M-impression day (target: <= 12 s wall, <= 3 GiB on 2 cores);
-- `100k`, `3m`: the same world scaled (users and artworks in proportion), to show the cost
-  grows linearly with rows;
+- `100k`, `1m`, `3m`: the `bench` demo preset's day, and the same world scaled (users and
+  artworks in proportion);
 - `7d-window` vs `30d-window`: the bench day with 31 days of like history, like list and count
-  over 7 days (the contract) and over 30 days (lookback and window edited in the config).
+  over 7 days (the contract) and over 30 days (lookback and window edited in the config);
+- `1m-500MB`: the 1M day with DuckDB's memory limit at 500MB (stage and floor).
 
-Usage: uv run python bench/skeleton.py [--cases 1m,100k,3m,window] [--repeat 3] [--quiet-load 0.5]
+Usage: uv run python bench/skeleton.py [--cases 100k,1m,3m,window,500mb] [--repeat 3]
+           [--quiet-load 0.5]
 Sources are generated once under data/bench/ (gitignored); results go to
 data/bench/skeleton_results.json and a Markdown table on stdout.
 """
@@ -27,11 +33,16 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from daedalus.demo.data import PRESETS, generate_demo_data  # noqa: E402
 from daedalus.demo.spec import DemoDataSpec  # noqa: E402
+
+sys.path.insert(0, str(REPO / "bench"))
+from skeleton_floor import check_equal  # noqa: E402
 
 BENCH = REPO / "data/bench"
 BENCH_SPEC = PRESETS["bench"]
@@ -43,6 +54,7 @@ class Case:
     sources: Path
     spec: DemoDataSpec
     window: str = "7d"
+    memory_limit: str | None = None  # None: runtime.yaml's
 
 
 def cases() -> dict[str, list[Case]]:
@@ -64,6 +76,7 @@ def cases() -> dict[str, list[Case]]:
             Case("7d-window", BENCH / "history-31d/sources", history, "7d"),
             Case("30d-window", BENCH / "history-31d/sources", history, "30d"),
         ],
+        "500mb": [Case("1m-500MB", BENCH / "sources", BENCH_SPEC, memory_limit="500MB")],
     }
 
 
@@ -83,6 +96,22 @@ def ensure_sources(case: Case) -> None:
         shutil.rmtree(case.sources / "siglip2_vectors", ignore_errors=True)  # skeleton never reads it
 
 
+def runtime_path(case: Case, tmp: Path) -> Path:
+    runtime = REPO / "config/training/runtime.yaml"
+    if case.memory_limit is None:
+        return runtime
+    data = yaml.safe_load(runtime.read_text())
+    data["compute"]["duckdb_config"]["memory_limit"] = case.memory_limit
+    edited = tmp / "runtime.yaml"
+    edited.write_text(yaml.safe_dump(data, sort_keys=False))
+    return edited
+
+
+def duckdb_settings(case: Case, tmp: Path) -> dict:
+    """The stage's DuckDB threads and memory limit, which the floor runs with too."""
+    return yaml.safe_load(runtime_path(case, tmp).read_text())["compute"]["duckdb_config"]
+
+
 def config_flags(case: Case, tmp: Path) -> list[str]:
     aggregations = REPO / "config/training/aggregations.yaml"
     if case.window != "7d":
@@ -93,7 +122,7 @@ def config_flags(case: Case, tmp: Path) -> list[str]:
         "--base-config-path",
         str(REPO / "config/base.yaml"),
         "--runtime-config-path",
-        str(REPO / "config/training/runtime.yaml"),
+        str(runtime_path(case, tmp)),
         "--aggregation-config-path",
         str(aggregations),
         "--pipelines-dir",
@@ -109,47 +138,50 @@ def wait_for_quiet(max_load: float | None, patience_s: float) -> float:
     return os.getloadavg()[0]
 
 
-def run_once(case: Case, tmp: Path) -> dict:
-    out = tmp / "out"
-    shutil.rmtree(out, ignore_errors=True)
-    cmd = [
-        sys.executable,
-        "-c",
-        _CHILD,
-        "pipeline",
-        "train",
-        "dssm_ranking",
-        "--skeleton-only",
-        "--target-date",
-        case.spec.start_date.isoformat(),
-        "--output-root",
-        str(out),
-        "--json",
-        *config_flags(case, tmp),
-    ]
-    env = {
-        **os.environ,
-        "DAEDALUS_SOURCES_ROOT": str(case.sources),
-        "BENCH_HWM_FILE": str(tmp / "vmhwm"),
-    }
+def child(cmd: list[str], tmp: Path, env: dict) -> dict:
+    """Run `cmd` to its end; wall, CPU and its own peak RSS (it writes VmHWM to a file)."""
+    env = {**os.environ, **env, "BENCH_HWM_FILE": str(tmp / "vmhwm")}
     with open(tmp / "stdout", "wb") as out_fh, open(tmp / "stderr", "wb") as err_fh:
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out_fh, stderr=err_fh)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{case.name}: run failed:\n{(tmp / 'stderr').read_text()[-2000:]}")
-    result = json.loads((tmp / "stdout").read_text())["results"][0]
-    manifest = json.loads((Path(result["path"]) / "_manifest.json").read_text())
-    peak_kib = int((tmp / "vmhwm").read_text())
+        raise SystemExit(f"{' '.join(cmd[:4])}: failed:\n{(tmp / 'stderr').read_text()[-2000:]}")
     return {
         "wall_s": wall,
         "cpu_s": usage.ru_utime + usage.ru_stime,
-        "day_s": result["seconds"],
-        "rows": result["rows"],
-        "peak_rss_gib": peak_kib / 2**20,
-        "stages_s": manifest["timings"],
+        "peak_rss_gib": int((tmp / "vmhwm").read_text()) / 2**20,
+        "stdout": (tmp / "stdout").read_text(),
     }
+
+
+def run_stage(case: Case, tmp: Path) -> dict:
+    out = tmp / "out"
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [
+        sys.executable, "-c", _CHILD, "pipeline", "train", "dssm_ranking", "--skeleton-only",
+        "--target-date", case.spec.start_date.isoformat(), "--output-root", str(out),
+        "--no-dagster-record", "--json", *config_flags(case, tmp),
+    ]
+    run = child(cmd, tmp, {"DAEDALUS_SOURCES_ROOT": str(case.sources)})
+    result = json.loads(run.pop("stdout"))["results"][0]
+    manifest = json.loads((Path(result["path"]) / "_manifest.json").read_text())
+    return {**run, "day_s": result["seconds"], "rows": result["rows"],
+            "stages_s": manifest["timings"], "day_dir": result["path"]}
+
+
+def run_floor(case: Case, tmp: Path) -> dict:
+    duck = duckdb_settings(case, tmp)
+    cmd = [
+        sys.executable, str(REPO / "bench/skeleton_floor.py"), "--sources", str(case.sources),
+        "--day", case.spec.start_date.isoformat(), "--out", str(tmp / "floor.parquet"),
+        "--threads", str(duck["threads"]), "--memory-limit", str(duck["memory_limit"]),
+        "--window", case.window, "--json",
+    ]
+    run = child(cmd, tmp, {})
+    result = json.loads(run.pop("stdout"))
+    return {**run, "rows": result["rows"], "statement_s": result["seconds"]}
 
 
 # The child's own peak RSS is VmHWM of its (post-exec) address space, read just before it
@@ -166,15 +198,51 @@ sys.exit(rc)
 """
 
 
+def measure(case: Case, repeat: int, quiet_load: float | None, patience: float) -> dict:
+    tmp = BENCH / f"run-{case.name}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    stages, floors = [], []
+    try:
+        for _ in range(repeat):
+            load = wait_for_quiet(quiet_load, patience)
+            stages.append({**run_stage(case, tmp), "load_before": load})
+            floors.append(run_floor(case, tmp))
+        check = check_equal(tmp / "floor.parquet", Path(stages[-1]["day_dir"])) or "equal"
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if check != "equal":
+        raise SystemExit(f"{case.name}: the floor's rows are not the stage's: {check}")
+
+    def median(runs: list[dict], key: str) -> float:
+        return statistics.median(r[key] for r in runs)
+
+    def ratio(key: str) -> float:
+        return statistics.median(s[key] / f[key] for s, f in zip(stages, floors, strict=True))
+
+    return {
+        "case": case.name, "rows": stages[0]["rows"], "window": case.window,
+        "memory_limit": duckdb_settings(case, BENCH)["memory_limit"] if not case.memory_limit
+        else case.memory_limit,
+        "stage_wall_s": median(stages, "wall_s"), "floor_wall_s": median(floors, "wall_s"),
+        "wall_ratio": ratio("wall_s"),
+        "stage_cpu_s": median(stages, "cpu_s"), "floor_cpu_s": median(floors, "cpu_s"),
+        "cpu_ratio": ratio("cpu_s"),
+        "stage_peak_rss_gib": max(r["peak_rss_gib"] for r in stages),
+        "floor_peak_rss_gib": max(r["peak_rss_gib"] for r in floors),
+        "stages_s_best": min(stages, key=lambda r: r["wall_s"])["stages_s"],
+        "floor_check": check, "stage_runs": stages, "floor_runs": floors,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default="1m,100k,3m,window")
+    parser.add_argument("--cases", default="100k,1m,3m,window,500mb")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument(
         "--quiet-load",
         type=float,
         default=None,
-        help="before each run, wait until the 1-min load average is below this",
+        help="before each pair, wait until the 1-min load average is below this",
     )
     parser.add_argument("--patience", type=float, default=120, help="longest wait, seconds")
     args = parser.parse_args()
@@ -183,44 +251,33 @@ def main() -> None:
     for key in args.cases.split(","):
         for case in table[key]:
             ensure_sources(case)
-            tmp = BENCH / f"run-{case.name}"
-            tmp.mkdir(parents=True, exist_ok=True)
-            runs = []
-            for _ in range(args.repeat):
-                load = wait_for_quiet(args.quiet_load, args.patience)
-                runs.append({**run_once(case, tmp), "load_before": load})
-            shutil.rmtree(tmp, ignore_errors=True)
-            best = min(runs, key=lambda r: r["wall_s"])
-            summary = {
-                "case": case.name,
-                "rows": best["rows"],
-                "window": case.window,
-                "wall_s_median": statistics.median(r["wall_s"] for r in runs),
-                "wall_s_best": best["wall_s"],
-                "day_s_median": statistics.median(r["day_s"] for r in runs),
-                "cpu_s_median": statistics.median(r["cpu_s"] for r in runs),
-                "peak_rss_gib_max": max(r["peak_rss_gib"] for r in runs),
-                "stages_s_best": best["stages_s"],
-                "runs": runs,
-            }
-            summary["rows_per_s"] = summary["rows"] / summary["wall_s_best"]
-            rows.append(summary)
+            row = measure(case, args.repeat, args.quiet_load, args.patience)
+            rows.append(row)
             print(
-                f"{case.name}: {summary['wall_s_median']:.2f} s wall (median of {len(runs)}),"
-                f" {summary['peak_rss_gib_max']:.2f} GiB peak",
+                f"{case.name}: stage {row['stage_wall_s']:.2f} s, floor {row['floor_wall_s']:.2f} s"
+                f" (x{row['wall_ratio']:.2f} wall, x{row['cpu_ratio']:.2f} CPU)",
                 file=sys.stderr,
                 flush=True,
             )
     (BENCH / "skeleton_results.json").write_text(json.dumps(rows, indent=2))
-    print("| case | rows | wall s best / median | day s | CPU s | rows/s (best wall) | peak RSS GiB |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f} after; medians of"
+          f" {args.repeat} stage/floor pairs; ratios pair by pair")
+    print()
+    print("| case | rows | DuckDB memory | stage wall s | floor wall s | wall x | stage CPU s |"
+          " floor CPU s | CPU x | peak RSS GiB stage / floor | same rows |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         print(
-            f"| {r['case']} | {r['rows']:,} | {r['wall_s_best']:.2f} / {r['wall_s_median']:.2f} |"
-            f" {r['day_s_median']:.2f} |"
-            f" {r['cpu_s_median']:.2f} |"
-            f" {r['rows_per_s']:,.0f} | {r['peak_rss_gib_max']:.2f} |"
+            f"| {r['case']} | {r['rows']:,} | {r['memory_limit']} | {r['stage_wall_s']:.2f} |"
+            f" {r['floor_wall_s']:.2f} | {r['wall_ratio']:.2f} | {r['stage_cpu_s']:.2f} |"
+            f" {r['floor_cpu_s']:.2f} | {r['cpu_ratio']:.2f} |"
+            f" {r['stage_peak_rss_gib']:.2f} / {r['floor_peak_rss_gib']:.2f} | {r['floor_check']} |"
         )
+    by_name = {r["case"]: r for r in rows}
+    if {"7d-window", "30d-window"} <= set(by_name):
+        print()
+        print(f"- 30-day / 7-day window, stage wall: "
+              f"{by_name['30d-window']['stage_wall_s'] / by_name['7d-window']['stage_wall_s']:.2f}x")
     print()
     print("| case | " + " | ".join(rows[0]["stages_s_best"]) + " |")
     print("|---|" + "---:|" * len(rows[0]["stages_s_best"]))

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -157,12 +158,14 @@ def check_equal(floor_file: Path, day_dir: Path) -> str | None:
     n_floor = con.execute(f"SELECT count(*) FROM read_parquet('{floor_file}')").fetchone()[0]
     if n_stage != n_floor:
         return f"rows: stage {n_stage:,}, floor {n_floor:,}"
-    # Row i of the floor against row i of the stage (files in part order).
+    # Row i of the floor against row i of the stage (files in part-number order).
     numbered = ", ".join(f'"{c}"' for c in cols)
     diff = con.execute(f"""
         WITH f AS (SELECT row_number() OVER () AS i, {numbered}
                    FROM read_parquet('{floor_file}')),
-             s AS (SELECT row_number() OVER (ORDER BY filename, file_row_number) AS i, {numbered}
+             s AS (SELECT row_number() OVER (
+                          ORDER BY regexp_extract(filename, 'part-([0-9]+)-', 1)::INTEGER,
+                                   file_row_number) AS i, {numbered}
                    FROM read_parquet('{day_dir}/*.parquet', filename = true,
                                      file_row_number = true))
         SELECT {", ".join(f"count(*) FILTER (WHERE f.{c} IS DISTINCT FROM s.{c})" for c in cols)}
@@ -188,6 +191,10 @@ def main() -> int:
                        memory_limit=args.memory_limit, window_days=int(args.window.rstrip("d")))
     if args.check:
         result["check"] = check_equal(args.out, args.check) or "equal"
+    if os.environ.get("BENCH_HWM_FILE"):  # this process's own peak RSS, for bench/skeleton.py
+        with open("/proc/self/status") as fh:
+            hwm = next(line.split()[1] for line in fh if line.startswith("VmHWM:"))
+        Path(os.environ["BENCH_HWM_FILE"]).write_text(hwm)
     print(json.dumps(result) if args.json else
           f"floor: {result['rows']:,} rows in {result['seconds']:.2f} s"
           + (f"; vs stage: {result['check']}" if args.check else ""))

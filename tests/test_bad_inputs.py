@@ -336,7 +336,7 @@ CASES = [
          ("runtime.yaml", "day_workers")),
     Case("runtime_unknown_key", _edit(RUNTIME, "day_workers: 1", "day_workers: 1\nday_wrokers: 2"),
          ("runtime.yaml", "day_wrokers: unknown key")),
-    Case("runtime_memory_limit_unparseable", _edit(RUNTIME, "memory_limit: 1GB", "memory_limit: lots"),
+    Case("runtime_memory_limit_unparseable", _edit(RUNTIME, "memory_limit: 750MB", "memory_limit: lots"),
          ("runtime.yaml", "compute.duckdb_config.memory_limit")),
     Case("runtime_threads_negative", _edit(RUNTIME, "threads: 2", "threads: -1"),
          ("runtime.yaml", "compute.duckdb_config.threads")),

@@ -48,7 +48,7 @@ BAD_RUNTIME = [
     ("feed_end: 2026-02-03", "feed_end: 2026-01-01", "feed_end 2026-01-01 is before feed_start"),
     ("day_workers: 1", "day_workers: 0", "day_workers"),
     ("day_workers: 1", "day_workers: 1\nday_wrokers: 2", "day_wrokers: unknown key"),
-    ("memory_limit: 1GB", "memory_limit: lots", "compute.duckdb_config.memory_limit"),
+    ("memory_limit: 750MB", "memory_limit: lots", "compute.duckdb_config.memory_limit"),
     ("threads: 2", "threads: -1", "compute.duckdb_config.threads"),
     ("engine: duckdb", "engine: spark", "compute.engine"),
     ("num_cpus: 16", "num_cpus: 0", "ray.num_cpus"),

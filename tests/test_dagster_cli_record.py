@@ -73,3 +73,40 @@ def test_cli_days_are_materializations_and_dagster_days_are_up_to_date(tmp_path,
                  "--ray-num-cpus", "2", *pipelines, *flags]) == 0
     assert "recorded" not in capsys.readouterr().err
     assert instance.get_materialized_partitions(TRAINING) == {CLI_DAY, DAGSTER_DAY}
+
+    # Feature views are observed partitions: a source day's changed bytes make exactly the
+    # training days that read it stale, in Dagster and in `daeda status`; the same bytes back
+    # make nothing stale. feed_impressions has no lookback: its day D feeds training day D only.
+    from dagster._utils.test.data_versions import get_stale_status_resolver
+
+    defs = build_defs(demo.resource())
+    observe = defs.resolve_job_def("observe_feature_views")
+    days = (CLI_DAY, DAGSTER_DAY)
+
+    def stale() -> dict:
+        observe.execute_in_process(instance=instance)
+        resolver = get_stale_status_resolver(instance, list(defs.assets))
+        dagster = {d: resolver.get_status(TRAINING, d).value for d in days}
+        capsys.readouterr()
+        assert main(["status", "dssm_ranking", "--from", CLI_DAY, "--to", DAGSTER_DAY, "--json",
+                     *pipelines, *flags]) == 0
+        ours = {s["day"]: s["state"] for s in json.loads(capsys.readouterr().out)
+                if s["stage"] == "skeleton"}
+        return {d: (dagster[d], ours[d]) for d in days}
+
+    assert stale() == {d: ("FRESH", "complete") for d in days}
+    versions = instance.fetch_observations(dg.AssetKey(["feature_view", "user_likes"]),
+                                           limit=50).records
+    assert {r.partition_key for r in versions} >= {CLI_DAY, DAGSTER_DAY, "2026-01-25"}
+    evaluation = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    part = next((sources / "feed_impressions" / f"dt={DAGSTER_DAY}").glob("*.parquet"))
+    original = part.read_bytes()
+    import pyarrow.parquet as pq
+
+    pq.write_table(pq.read_table(part), part, compression="gzip")  # same rows, other bytes
+    assert stale() == {CLI_DAY: ("FRESH", "complete"), DAGSTER_DAY: ("STALE", "stale")}
+    evaluation = dg.evaluate_automation_conditions(defs=defs, instance=instance,
+                                                   cursor=evaluation.cursor)
+    assert evaluation.get_requested_partitions(TRAINING) == {DAGSTER_DAY}
+    part.write_bytes(original)  # byte-identical again (a new mtime)
+    assert stale() == {d: ("FRESH", "complete") for d in days}

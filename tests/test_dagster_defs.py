@@ -48,21 +48,39 @@ def test_definitions_hold_exactly_the_views_training_asset_checks_job_schedule_r
     assert {c.name for c in graph.asset_check_keys} == {
         "row_count_matches_impressions", "no_future_feature_values", "embedding_coverage"}
     assert {c.asset_key for c in graph.asset_check_keys} == {TRAINING}
-    assert [j.name for j in defs.jobs] == ["dssm_ranking_daily"]
-    assert [s.name for s in defs.schedules] == ["dssm_ranking_daily_schedule"]
-    (job,), (schedule,) = defs.jobs, defs.schedules
+    assert [j.name for j in defs.jobs] == ["dssm_ranking_daily", "observe_feature_views"]
+    assert [s.name for s in defs.schedules] == ["dssm_ranking_daily_schedule",
+                                                "observe_feature_views_schedule"]
+    (job, observe), (schedule, observing) = defs.jobs, defs.schedules
     assert schedule.job is job and job.name == "dssm_ranking_daily"
+    assert observing.job is observe
+    assert observing.default_status == dg.DefaultScheduleStatus.STOPPED
+    (sensor,) = defs.sensors
+    assert sensor.name == "daedalus_automation"
+    assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
     assert set(defs.resources) == {"cfg"} and isinstance(defs.resources["cfg"], DaedalusConfig)
     assert defs.executor is dg.in_process_executor
 
 
-def test_feature_views_are_external_parquet_assets_upstream_of_training(defs):
+def test_feature_views_are_observable_daily_assets_upstream_of_training(defs):
+    """Each view is observable by day, from the longest lookback before the first training
+    day; a training day reads its own view day and the lookback's (the partition mapping)."""
     graph = defs.resolve_asset_graph()
     for view in VIEWS:
         node = graph.get(dg.AssetKey(["feature_view", view]))
-        assert node.is_external and not node.is_materializable
+        assert node.is_external and not node.is_materializable and node.is_observable
         assert node.group_name == "feature_views" and node.kinds == {"parquet"}
+        assert node.partitions_def.get_first_partition_key() == "2026-01-25"  # 7d of likes
     training = graph.get(TRAINING)
+    reads = {v: graph.get_parent_partition_keys_for_child(
+                 "2026-02-10", dg.AssetKey(["feature_view", v]), TRAINING
+             ).partitions_subset.get_partition_keys() for v in VIEWS}
+    assert {v: (min(keys), max(keys)) for v, keys in reads.items()} == {
+        "feed_impressions": ("2026-02-10", "2026-02-10"),
+        "user_profile": ("2026-02-07", "2026-02-10"),
+        "artwork_stats": ("2026-02-08", "2026-02-10"),
+        "user_likes": ("2026-02-03", "2026-02-10")}
+    assert training.automation_condition is not None
     assert training.parent_keys == {dg.AssetKey(["feature_view", v]) for v in VIEWS}
     assert training.group_name == "training"
     partitions = training.partitions_def

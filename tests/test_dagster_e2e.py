@@ -373,7 +373,8 @@ def test_dagster_dev_lists_the_assets_and_their_partitions_over_graphql(dev_serv
     assert training["partitionKeys"][-1] == yesterday
     assert {tuple(d["path"]) for d in training["dependencyKeys"]} == views
     for key in views:
-        assert not nodes[key]["isPartitioned"] and nodes[key]["kinds"] == ["parquet"]
+        assert nodes[key]["isPartitioned"] and nodes[key]["kinds"] == ["parquet"]
+        assert nodes[key]["partitionKeys"][0] == "2026-01-25"  # the longest lookback back
         assert nodes[key]["groupName"] == "feature_views"
 
 

@@ -453,7 +453,7 @@ def test_a_point_in_time_join_without_ttl_is_refused(planted, capsys):
 def test_a_small_memory_limit_and_one_thread_give_the_same_bytes(planted, tmp_path):
     """The day's one statement spills rather than fails: 500MB and one thread, same bytes."""
     assert train(planted, "--output-root", str(tmp_path / "default")) == 0
-    planted.edit(planted.runtime, "memory_limit: 1GB", "memory_limit: 500MB")
+    planted.edit(planted.runtime, "memory_limit: 750MB", "memory_limit: 500MB")
     planted.edit(planted.runtime, "threads: 2", "threads: 1")
     planted.edit(planted.runtime, "skeleton_chunk_rows: 250000", "skeleton_chunk_rows: 5")
     assert train(planted, "--output-root", str(tmp_path / "small")) == 0

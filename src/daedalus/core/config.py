@@ -83,7 +83,7 @@ class BaseConfig(BaseSettings):
 
 class DuckDBSettings(_Frozen):
     threads: int | None = Field(None, gt=0)
-    memory_limit: str = "1GB"
+    memory_limit: str = "750MB"
     temp_directory: Path = Path("data/tmp/duckdb")
     preserve_insertion_order: bool = False
 

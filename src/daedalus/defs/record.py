@@ -3,8 +3,11 @@
 The CLI and Dagster share the day manifests, so `daeda status` already sees a day Dagster wrote.
 The other direction needs the instance told: each day the CLI writes (or retires as empty) is
 reported as a runless materialization of `<service>_training`'s partition, with the metadata
-and data version a Dagster run of that partition gives it (`training_metadata`). The instance is
-`$DAGSTER_HOME`, else the project's `.dagster_home/` that `make dev` serves.
+and data version a Dagster run of that partition gives it (`training_metadata`), after the
+source days it read are reported as observations of their feature views; the materialization's
+provenance tags point at those observations, as a Dagster run's do, so Dagster's staleness
+sees a later change of those source days. The instance is `$DAGSTER_HOME`, else the project's
+`.dagster_home/` that `make dev` serves.
 """
 
 from __future__ import annotations
@@ -14,12 +17,35 @@ from collections.abc import Callable
 
 import dagster as dg
 
+from daedalus import __version__
 from daedalus.core.results import RunSummary
 from daedalus.defs.partitions import daily_partitions
+from daedalus.defs.sources import day_observations, view_key, view_lookbacks
 from daedalus.defs.training import skeleton_outcome, training_asset_name, training_metadata
 from daedalus.engine.request import RunRequest
+from daedalus.layout.manifest import content_fingerprint
 
 RECORDED_BY = "daeda pipeline train"
+
+
+def provenance_tags(request: RunRequest, day: dt.date, instance: dg.DagsterInstance) -> dict:
+    """The tags a Dagster run puts on a materialization to say what it was built from: the
+    code version and, per feature view, the latest observation (an event pointer) and a
+    digest of the observed versions of the view days this day read."""
+    lookbacks = view_lookbacks([request.pipeline])
+    observed = day_observations(request, day)
+    for event in observed:
+        instance.report_runless_asset_event(event)
+    tags = {"dagster/code_version": __version__}
+    for view in lookbacks:
+        key = view_key(view)
+        latest = instance.fetch_observations(key, limit=1).records
+        versions = [[e.partition, 0, 0, e.tags["dagster/data_version"]]
+                    for e in observed if e.asset_key == key]
+        tags[f"dagster/input_event_pointer/{key.to_user_string()}"] = (
+            str(latest[0].storage_id) if latest else "NULL")
+        tags[f"dagster/input_data_version/{key.to_user_string()}"] = content_fingerprint(versions)
+    return tags
 
 
 def final_stage(request: RunRequest) -> str:
@@ -45,10 +71,11 @@ def record_days(request: RunRequest, summary: RunSummary, instance: dg.DagsterIn
             request, day, [r for r in summary.results if r.day == day and r.stage == "skeleton"])
         enrich = [r for r in summary.results if r.day == day and r.stage == "enrich"]
         metadata, version = training_metadata(request, day, skeleton, enrich)
+        tags = provenance_tags(request, day, instance)
         instance.report_runless_asset_event(dg.AssetMaterialization(
             asset_key=asset, partition=day.isoformat(),
             metadata={**metadata, "recorded_by": RECORDED_BY},
-            tags={"dagster/data_version": version}))
+            tags={**tags, "dagster/data_version": version}))
         recorded.append(day)
     if recorded:
         progress(f"recorded {len(recorded)} day(s) as {asset.to_user_string()} materializations"

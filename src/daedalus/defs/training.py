@@ -1,4 +1,4 @@
-"""Feature views as external assets; per service a daily-partitioned graph asset and its job.
+"""Per service a daily-partitioned graph asset over the feature views, and its job.
 
 The ops only build the engine's request, plan the day once, run that plan
 (`daedalus.engine.runner.run`) and describe what it wrote; no feature logic lives here. A
@@ -19,6 +19,7 @@ from daedalus.core.registry import Registry, service_views
 from daedalus.core.results import DayResult, RunSummary
 from daedalus.defs.partitions import daily_partitions
 from daedalus.defs.resources import DaedalusConfig
+from daedalus.defs.sources import day_observations, view_key, view_lookbacks
 from daedalus.engine.pipeline import compiled_pipeline
 from daedalus.engine.plan import plan_run
 from daedalus.engine.request import RunRequest, Stage
@@ -29,9 +30,13 @@ from daedalus.lineage import column_lineage
 
 SERVICE_TAG = "daedalus/service"
 
-
-def view_key(name: str) -> dg.AssetKey:
-    return dg.AssetKey(["feature_view", name])
+# Declarative automation beside the daily schedule: a day whose source days were updated (a
+# new observation of a view day it reads) is materialized again; the day's own fingerprint then
+# decides whether anything is recomputed (a byte-identical source rewrite is not). Dagster
+# evaluates it only while the `daedalus_automation` sensor runs, which is stopped by default.
+REBUILD_WHEN_SOURCES_CHANGE = (
+    dg.AutomationCondition.any_deps_updated() & ~dg.AutomationCondition.in_progress()
+)
 
 
 def training_asset_name(service: str) -> str:
@@ -40,15 +45,6 @@ def training_asset_name(service: str) -> str:
 
 def training_job_name(service: str) -> str:
     return f"{service}_daily"
-
-
-def feature_view_specs(registry: Registry) -> list[dg.AssetSpec]:
-    """Every registry view as an external asset, so the asset graph is the lineage."""
-    return [dg.AssetSpec(key=view_key(v.name), group_name="feature_views", kinds={"parquet"},
-                         description=v.description or None,
-                         metadata={"source": v.source, "timestamp_field": v.timestamp_field,
-                                   "ttl": v.ttl or "none", "yaml": str(v.path)})
-            for v in registry.views.values()]
 
 
 def lineage_metadata(pipeline) -> dg.TableColumnLineage:
@@ -159,9 +155,13 @@ def training_metadata(request: RunRequest, day: dt.date, skeleton: dict,
 
 @dg.op
 def skeleton_stage(context: dg.OpExecutionContext, request: RunRequest) -> dict:
-    """Source-side operators (DuckDB) for the partition's day."""
+    """Source-side operators (DuckDB) for the partition's day. The source days it read are
+    observed (their content digests), so the partition points at the versions it was built
+    from (see `daedalus.defs.sources`)."""
     day = _day(context)
     summary, results = _stage_run(context, request, "skeleton")
+    for event in day_observations(request, day):
+        context.log_event(event)
     outcome = skeleton_outcome(request, day, results)
     context.add_output_metadata({
         "rows": outcome["rows"],
@@ -190,6 +190,7 @@ def training_asset(service: str, config: Config, registry: Registry) -> dg.Asset
     """`<service>_training`: one partition per day, fed by the service's feature views."""
     views = service_views(registry.service(service), config)
     pipeline = compiled_pipeline(registry, service, config)
+    lookbacks = view_lookbacks([pipeline])
     contract = [c.model_dump(mode="json", exclude={"has_default"}) if c.has_default else c.name
                 for c in config.runtime.output_columns]
 
@@ -211,7 +212,12 @@ def training_asset(service: str, config: Config, registry: Registry) -> dg.Asset
             "output_contract": dg.MetadataValue.json(contract),
             "dagster/column_lineage": lineage_metadata(pipeline),
         },
-        ins={v: dg.AssetIn(key=view_key(v), dagster_type=dg.Nothing) for v in views},
+        # A day reads each view's day and the days of its scan's lookback.
+        ins={v: dg.AssetIn(key=view_key(v), dagster_type=dg.Nothing,
+                           partition_mapping=dg.TimeWindowPartitionMapping(
+                               start_offset=-lookbacks.get(v, 0)))
+             for v in views},
+        automation_condition=REBUILD_WHEN_SOURCES_CHANGE,
     )
 
 

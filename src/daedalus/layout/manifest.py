@@ -115,6 +115,24 @@ def content_fingerprint(entries: list[list[Any]]) -> str:
     return _digest(sorted(_content(entries)))
 
 
+def partition_versions(entries: list[list[Any]]) -> dict[str, str]:
+    """One content digest per `dt=` folder of a listing: {"YYYY-MM-DD": digest}. The data
+    version of a source day, whoever lists it (a day's manifest, an observation)."""
+    by_day: dict[str, list[list[Any]]] = {}
+    for entry in entries:
+        folder = Path(entry[0]).parent.name
+        if folder.startswith("dt="):
+            by_day.setdefault(folder[3:], []).append(entry)
+    return {day: content_fingerprint(listed) for day, listed in sorted(by_day.items())}
+
+
+def source_partition_versions(sources_root: Path, source: str) -> dict[str, str]:
+    """`partition_versions` of every `dt=` folder of one source, hashing every file."""
+    root = Path(sources_root)
+    folders = sorted((root / source).glob("dt=*"))
+    return partition_versions(file_fingerprints(root, folders))
+
+
 def _content(entries: list[list[Any]] | None) -> set[tuple]:
     """What a listing says about content: path, size and digest (not mtime)."""
     return {(e[0], e[1], e[3]) if len(e) == 4 else tuple(e) for e in entries or []}
