@@ -167,3 +167,26 @@ def test_column_lineage_follows_the_dag_to_feature_view_fields(project):
     assert lineage["like_artwork_avg_embeds"] == lineage["like_artwork_ids_7d"]
     assert lineage["image_embedding"] == [("feed_impressions", "artwork_id")]
     assert all(lineage.values())
+
+
+def test_column_types_come_from_the_operators_and_view_dtypes(project):
+    """The definition-time schema; test_dagster_cli_record checks it equals a written day's."""
+    from daedalus.core.operators import ProjectedColumn
+    from daedalus.lineage import column_types
+
+    config, registry = project.load()
+    pipeline = compiled_pipeline(registry, "dssm_ranking", config)
+    types = column_types(pipeline, registry)
+    assert list(types) == [c.name for c in config.runtime.output_columns]
+    assert types["event_timestamp"] == "timestamp[us, tz=UTC]" and types["label_click"] == "bool"
+    assert types["account_age_days"] == "int32" and types["ctr_1d"] == "double"
+    assert types["qid"] == types["like_count_7d"] == "int64"
+    assert types["like_artwork_ids_7d"] == "list<element: int64>"
+    assert types["image_embedding"] == "list<element: halffloat>"
+    spine = pipeline.op("project_spine")
+    edited = spine.model_copy(update={"columns": tuple(
+        ProjectedColumn(name=c.name, expr="dwell_ms * 2") if c.name == "dwell_ms" else c
+        for c in spine.columns)})
+    pipeline = pipeline.model_copy(update={"operators": tuple(
+        edited if op.name == "project_spine" else op for op in pipeline.operators)})
+    assert column_types(pipeline, registry)["dwell_ms"] is None  # an expression: not known

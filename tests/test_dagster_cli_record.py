@@ -48,6 +48,9 @@ def test_cli_days_are_materializations_and_dagster_days_are_up_to_date(tmp_path,
     cli_version = recorded.tags["dagster/data_version"]
     schema = {c.name: c.type for c in meta["dagster/column_schema"].columns}
     assert schema["label_click"] == "bool" and schema["image_embedding"] == "list<element: halffloat>"
+    declared = build_defs(demo.resource()).resolve_assets_def(TRAINING).specs_by_key[
+        TRAINING].metadata  # the definition's schema, from the DAG: the same names and types
+    assert {c.name: c.type for c in declared["dagster/column_schema"].columns} == schema
     lineage = meta["dagster/column_lineage"].deps_by_column
     assert [(d.asset_key.path[-1], d.column_name) for d in lineage["qid"]] == [
         ("feed_impressions", "feed_session")]

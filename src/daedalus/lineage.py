@@ -88,3 +88,52 @@ def column_lineage(pipeline: OperatorPipeline) -> dict[str, list[tuple[str, str]
                 deps[enrichment.name] = list(deps.get(enrichment.input_column, []))
     sink = [op for op in pipeline.operators if op.kind == "Sink"][-1]
     return {col.name: deps.get(col.name, []) for col in sink.columns}
+
+
+def column_types(pipeline: OperatorPipeline, registry: Registry) -> dict[str, str | None]:
+    """Each column of the DAG's final sink → its Arrow type (as Arrow prints it), from the
+    operators and the views' declared dtypes, before any day is written: a copied or joined
+    field has its view's type, a list aggregate a list of it, a count and a qid int64, an
+    embedding list<halffloat> (lists as a parquet reader sees them: items named `element`).
+    None where an expression's type is not known up front."""
+    import pyarrow as pa
+
+    from daedalus.core.registry import ARROW_TYPES
+
+    ops = {op.name: op for op in pipeline.operators}
+
+    def field_type(view: str, name: str) -> pa.DataType | None:
+        field = next((f for f in registry.view(view).columns if f.name == name), None)
+        return ARROW_TYPES[field.dtype] if field else None
+
+    def scan_of(name: str):
+        op = ops[name]
+        while op.kind != "Scan":
+            op = ops[op.inputs[0]]
+        return op
+
+    types: dict[str, pa.DataType | None] = {}
+    for op in pipeline.operators:
+        if op.kind == "Project":
+            view = scan_of(op.inputs[0]).view
+            for col in op.columns:
+                bare = _WORD.fullmatch(col.expr.strip())
+                types[col.name] = field_type(view, col.expr.strip()) if bare else None
+        elif op.kind == "PointInTimeJoin":
+            for feature in op.features:
+                types[feature] = field_type(op.view, feature)
+        elif op.kind == "RollingAggregate":
+            for agg in op.aggregations:
+                if agg.function == "count":
+                    types[agg.name] = pa.int64()
+                else:
+                    item = field_type(op.view, agg.column)
+                    types[agg.name] = pa.list_(pa.field("element", item)) if item else None
+        elif op.kind == "ArrowUdfTransform":
+            types[op.output_column] = pa.int64()  # assign_qid: an integer per session
+        elif op.kind == "RayUdfTransform":
+            for enrichment in op.enrichments:
+                types[enrichment.name] = pa.list_(pa.field("element", pa.float16()))
+    sink = [op for op in pipeline.operators if op.kind == "Sink"][-1]
+    return {col.name: str(types[col.name]) if types.get(col.name) else None
+            for col in sink.columns}

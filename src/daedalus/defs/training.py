@@ -26,7 +26,7 @@ from daedalus.engine.request import RunRequest, Stage
 from daedalus.engine.runner import run
 from daedalus.layout.days import day_path
 from daedalus.layout.manifest import read_manifest
-from daedalus.lineage import column_lineage
+from daedalus.lineage import column_lineage, column_types
 
 SERVICE_TAG = "daedalus/service"
 
@@ -211,6 +211,11 @@ def training_asset(service: str, config: Config, registry: Registry) -> dg.Asset
             "dag": dg.MetadataValue.json(pipeline.model_dump(mode="json", exclude_none=True)),
             "output_contract": dg.MetadataValue.json(contract),
             "dagster/column_lineage": lineage_metadata(pipeline),
+            # Types from the operators and the views' dtypes; each day's own schema is on its
+            # materialization.
+            "dagster/column_schema": dg.TableSchema(columns=[
+                dg.TableColumn(name, kind or "unknown")
+                for name, kind in column_types(pipeline, registry).items()]),
         },
         # A day reads each view's day and the days of its scan's lookback.
         ins={v: dg.AssetIn(key=view_key(v), dagster_type=dg.Nothing,
