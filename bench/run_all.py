@@ -11,6 +11,9 @@ Floors, measured in this same run on the same data:
   duckdb-read   DuckDB reading every column of the day's source files (the scans' lookbacks);
   fp16-write    writing the day's two float16 list columns to parquet (zstd, no dictionary,
                 no statistics: the enrich writer's settings);
+  own-bytes     the enriched day's own parts, in memory, written again with the stage's
+                settings by one forked writer per CPU of the envelope (issue: the enrich
+                stage's real floor on every core);
   numpy-gather  gathering the day's image embeddings (rows x 1152 fp16) from an in-memory
                 matrix by row index.
 Peak RSS is the whole process tree's (driver, Ray's raylet/GCS/workers), sampled every 0.2 s.
@@ -179,6 +182,42 @@ def floor_fp16_write(enriched: Path, work: Path) -> float:
     return time.perf_counter() - started
 
 
+def floor_own_bytes(enriched: Path, work: Path, writers: int) -> float:
+    """The enriched day's own parts, read into memory first, written again by `writers`
+    forked processes (parts dealt round-robin), each as the stage writes a part: zstd, row
+    groups of ROW_GROUP_ROWS, no dictionary and no statistics on the embedding columns."""
+    import multiprocessing
+
+    import pyarrow.parquet as pq
+
+    from daedalus.enrich.io import ROW_GROUP_ROWS
+
+    parts = [pq.read_table(f) for f in sorted(enriched.glob("*.parquet"))]
+    embedding = {"image_embedding", "like_artwork_avg_embeds"}
+
+    def write(k: int) -> None:
+        for i in range(k, len(parts), writers):
+            table = parts[i]
+            plain = [c for c in table.column_names if c not in embedding]
+            with pq.ParquetWriter(work / f"own-{i}.parquet", table.schema, compression="zstd",
+                                  use_dictionary=plain, write_statistics=plain) as writer:
+                for start in range(0, table.num_rows, ROW_GROUP_ROWS):
+                    writer.write_table(table.slice(start, ROW_GROUP_ROWS),
+                                       row_group_size=ROW_GROUP_ROWS)
+
+    fork = multiprocessing.get_context("fork")
+    started = time.perf_counter()
+    procs = [fork.Process(target=write, args=(k,)) for k in range(writers)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join()
+    seconds = time.perf_counter() - started
+    if any(proc.exitcode for proc in procs):
+        raise SystemExit("floor own-bytes: a writer failed")
+    return seconds
+
+
 def floor_numpy_gather(skeleton: Path, store_path: Path, dim: int) -> float:
     import lance
     import numpy as np
@@ -260,9 +299,11 @@ def main() -> None:
         skeleton_day = out / f"dt={DAY}"
         enriched_day = Path(summary["enriched_root"]) / f"dt={DAY}"
         n = enrich["rows"]
+        writers = args.ray_num_cpus or os.cpu_count()
         floors = {
             "duckdb-read": floor_duckdb_read(config, pipeline),
             "fp16-write": floor_fp16_write(enriched_day, work),
+            "own-bytes (all cores)": floor_own_bytes(enriched_day, work, writers),
             "numpy-gather": floor_numpy_gather(
                 skeleton_day, config.store_path(config.aggregations.store("artwork_embeddings")),
                 config.base.embedding_dim),
@@ -281,7 +322,10 @@ def main() -> None:
         "skeleton (duckdb) / one-statement, process CPU": skeleton["cpu_s"] / one["cpu_s"],
         "skeleton (duckdb) / duckdb-read": stage["skeleton (duckdb)"] / floors["duckdb-read"],
         "enrich / fp16-write": stage["enrich (in train)"] / floors["fp16-write"],
-        "train / sum of floors": stage["train (skeleton+enrich)"] / sum(floors.values()),
+        "enrich / own-bytes (all cores)": stage["enrich (in train)"]
+        / floors["own-bytes (all cores)"],
+        "train / sum of floors (read, fp16-write, gather)": stage["train (skeleton+enrich)"]
+        / (floors["duckdb-read"] + floors["fp16-write"] + floors["numpy-gather"]),
     }
     meta = {"cpus": os.cpu_count(), "load_1m": os.getloadavg()[0],
             "ray_num_cpus": args.ray_num_cpus, "day_workers": args.day_workers}
