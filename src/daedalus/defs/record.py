@@ -20,7 +20,7 @@ import dagster as dg
 from daedalus import __version__
 from daedalus.core.results import RunSummary
 from daedalus.defs.partitions import daily_partitions
-from daedalus.defs.sources import day_observations, view_key, view_lookbacks
+from daedalus.defs.sources import DATA_VERSION_TAG, day_observations, view_key
 from daedalus.defs.training import skeleton_outcome, training_asset_name, training_metadata
 from daedalus.engine.request import RunRequest
 from daedalus.layout.manifest import content_fingerprint
@@ -32,15 +32,15 @@ def provenance_tags(request: RunRequest, day: dt.date, instance: dg.DagsterInsta
     """The tags a Dagster run puts on a materialization to say what it was built from: the
     code version and, per feature view, the latest observation (an event pointer) and a
     digest of the observed versions of the view days this day read."""
-    lookbacks = view_lookbacks([request.pipeline])
+    views = dict.fromkeys(scan.view for scan in request.pipeline.of_kind("Scan"))
     observed = day_observations(request, day)
     for event in observed:
         instance.report_runless_asset_event(event)
     tags = {"dagster/code_version": __version__}
-    for view in lookbacks:
+    for view in views:
         key = view_key(view)
         latest = instance.fetch_observations(key, limit=1).records
-        versions = [[e.partition, 0, 0, e.tags["dagster/data_version"]]
+        versions = [[e.partition, 0, 0, e.tags[DATA_VERSION_TAG]]
                     for e in observed if e.asset_key == key]
         tags[f"dagster/input_event_pointer/{key.to_user_string()}"] = (
             str(latest[0].storage_id) if latest else "NULL")
@@ -75,7 +75,7 @@ def record_days(request: RunRequest, summary: RunSummary, instance: dg.DagsterIn
         instance.report_runless_asset_event(dg.AssetMaterialization(
             asset_key=asset, partition=day.isoformat(),
             metadata={**metadata, "recorded_by": RECORDED_BY},
-            tags={**tags, "dagster/data_version": version}))
+            tags={**tags, DATA_VERSION_TAG: version}))
         recorded.append(day)
     if recorded:
         progress(f"recorded {len(recorded)} day(s) as {asset.to_user_string()} materializations"

@@ -13,10 +13,12 @@ without impressions writes no folder, only a 0-row sidecar manifest.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -172,23 +174,23 @@ class DayRun:
             for name in param_names(sql)
         }
 
-    def _query(self, op_name: str, sql: str) -> duckdb.DuckDBPyRelation:
-        """`sql` with its parameters bound; a DuckDB failure becomes a one-line error naming
-        the unreadable source file if there is one, else the operator."""
-        try:
-            return self.con.sql(sql, params=self._params(sql))
-        except duckdb.Error as exc:
-            raise self._failure(op_name, exc) from None
+    def _query(self, sql: str) -> duckdb.DuckDBPyRelation:
+        """`sql` with its parameters bound (run it inside `_failures`)."""
+        return self.con.sql(sql, params=self._params(sql))
 
-    def _failure(self, op_name: str, exc: duckdb.Error) -> DaedalusError:
-        unreadable = unreadable_source(self.config, self.plan.scans, self.day)
-        if unreadable:
-            return unreadable
-        return DaedalusError(
-            f"{self.plan.pipeline.service} DAG: operators.{op_name}: DuckDB failed on"
-            f" {self.day}: {str(exc).splitlines()[0]} (fix: check the operator's parameters"
-            " and the source files)"
-        )
+    @contextlib.contextmanager
+    def _failures(self, op_name: str) -> Iterator[None]:
+        """A DuckDB failure (when a statement binds or as its rows are fetched) becomes a
+        one-line error naming the unreadable source file if there is one, else the operator."""
+        try:
+            yield
+        except duckdb.Error as exc:
+            unreadable = unreadable_source(self.config, self.plan.scans, self.day)
+            raise unreadable or DaedalusError(
+                f"{self.plan.pipeline.service} DAG: operators.{op_name}: DuckDB failed on"
+                f" {self.day}: {str(exc).splitlines()[0]} (fix: check the operator's"
+                " parameters and the source files)"
+            ) from None
 
     def _hold(self, name: str, table: pa.Table) -> None:
         """Bind an in-memory Arrow table as relation `name` of the day's statement."""
@@ -203,10 +205,8 @@ class DayRun:
         started = time.perf_counter()
         spine = self.plan.spine
         sql = self.plan.statement(spine, set(self.held), f"SELECT count(*) FROM {ident(spine.name)}")
-        try:
+        with self._failures(spine.name):
             rows = self.con.execute(sql, self._params(sql)).fetchall()[0][0]
-        except duckdb.Error as exc:
-            raise self._failure(spine.name, exc) from None
         self.timings["count_spine"] = time.perf_counter() - started
         if not rows:
             self.order.pass_turn(self.index)
@@ -233,10 +233,8 @@ class DayRun:
         tables = []
         for name in (spine, view):
             sql = self.plan.statement(self.plan.pipeline.op(name), set(self.held))
-            try:
-                tables.append(self._query(name, sql).to_arrow_table())
-            except duckdb.Error as exc:
-                raise self._failure(name, exc) from None
+            with self._failures(name):
+                tables.append(self._query(sql).to_arrow_table())
         self._hold(op.name, rolling_aggregate(op, tables[0], tables[1], spine_ts))
         self.timings[op.name] = time.perf_counter() - started
 
@@ -245,10 +243,8 @@ class DayRun:
         started = time.perf_counter()
         spine = self.plan.pipeline.op(op.inputs[0])
         sql = self.plan.statement(spine, set(self.held), udf_feed_sql(op, self.plan.pipeline))
-        try:
-            keys = self._query(op.name, sql).to_arrow_table()[op.input_column]
-        except duckdb.Error as exc:
-            raise self._failure(op.name, exc) from None
+        with self._failures(op.name):
+            keys = self._query(sql).to_arrow_table()[op.input_column]
         values, _ = self.qid_maps[op.name].assign(keys)
         self._hold(udf_values(op), pa.table({op.input_column: keys, op.output_column: values}))
         self.timings[op.name] = time.perf_counter() - started
@@ -264,10 +260,8 @@ class DayRun:
         duck = self.config.runtime.compute.duckdb_config
         chunk_rows = self.config.runtime.skeleton_chunk_rows
         with PartWriter(staging, chunk_rows, sink.compression, duck.threads or os.cpu_count()) as writer:
-            try:
-                for batch in self._query(sink.name, sql).to_arrow_reader(_BATCH_ROWS):
+            with self._failures(sink.name):
+                for batch in self._query(sql).to_arrow_reader(_BATCH_ROWS):
                     writer.write(conform(batch, defaults, self.plan.embedding_columns))
-            except duckdb.Error as exc:
-                raise self._failure(sink.name, exc) from None
         self.timings[sink.name] = time.perf_counter() - started
         return writer.rows, writer.files
