@@ -138,7 +138,7 @@ class RuntimeConfig(_Frozen):
 
     feed_start: dt.date
     feed_end: dt.date
-    output_root: Path = Path("data/training_output")
+    output_root: Path | str = Path("data/training_output")  # str: an `s3://` URI, kept as written
     day_workers: int = Field(1, gt=0)
     skeleton_chunk_rows: int = Field(250_000, gt=0)
     enrich_batch_rows: int = Field(50_000, gt=0)
@@ -146,6 +146,11 @@ class RuntimeConfig(_Frozen):
     output_columns: tuple[OutputColumn, ...]
     compute: ComputeSettings = ComputeSettings()
     ray: RaySettings = RaySettings()
+
+    @field_validator("output_root", mode="before")
+    @classmethod
+    def _root(cls, value: Any) -> Path | str:
+        return value if is_uri_text(value) else Path(value)
 
     @model_validator(mode="after")
     def _range(self) -> RuntimeConfig:
@@ -162,9 +167,18 @@ class RuntimeConfig(_Frozen):
         return [self.feed_start + dt.timedelta(days=i) for i in range(n + 1)]
 
 
-def enriched_root_for(output_root: Path) -> Path:
-    """The enrich stage writes beside the skeleton: `<output_root>_enriched` (docs/data-contract.md)."""
-    output_root = Path(output_root)
+def is_uri_text(value: Any) -> bool:
+    """A root written as a URI (`s3://...`), which `Path` would mangle."""
+    return isinstance(value, str) and "://" in value
+
+
+def enriched_root_for(output_root):
+    """The enrich stage writes beside the skeleton: `<output_root>_enriched` (docs/data-contract.md).
+    Works for a local path, a URI as written, and an object-store path alike."""
+    if is_uri_text(output_root):
+        return output_root.rstrip("/") + "_enriched"
+    if isinstance(output_root, str):
+        output_root = Path(output_root)
     return output_root.with_name(output_root.name + "_enriched")
 
 

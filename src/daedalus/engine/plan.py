@@ -98,7 +98,7 @@ def day_states(request: RunRequest) -> list[DayState]:
             out.append(DayState(day, "skeleton", state, reason, _rows(folder)))
         if request.runs_enrich:
             folder = day_path(request.enriched_root, day)
-            fp = enrich_fingerprint(pipeline, config, day, skeleton_root.resolve(), stores)
+            fp = enrich_fingerprint(pipeline, config, day, skeleton_root, stores)
             state, reason = day_state(folder, fp)
             out.append(DayState(day, "enrich", state, reason, _rows(folder)))
     return out

@@ -9,6 +9,7 @@ edit wins over a fresh compile), picks the days and sizes the Ray envelope.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,9 @@ from daedalus.core.errors import DaedalusError
 from daedalus.core.operators import OperatorPipeline
 from daedalus.core.registry import Registry, load_registry
 from daedalus.engine.pipeline import resolve_pipeline
+from daedalus.storage.objects import ObjectPath
+from daedalus.storage.s3 import ObjectStore, S3Settings
+from daedalus.storage.uri import Root, parse_root
 
 Stage = Literal["skeleton", "enrich"]
 ALL_STAGES: tuple[Stage, ...] = ("skeleton", "enrich")
@@ -84,13 +88,21 @@ class RunRequest:
     force: bool = False
 
     @property
-    def skeleton_root(self) -> Path:
-        """Absolute, so every path a run prints or records reads the same from anywhere."""
-        return Path(self.config.runtime.output_root).resolve()
+    def skeleton_root(self) -> Root:
+        """Absolute, so every path a run prints or records reads the same from anywhere; an
+        `ObjectPath` for an `s3://` root."""
+        root = parse_root(self.config.runtime.output_root, "output_root", self.object_store)
+        return root.resolve() if isinstance(root, Path) else root
 
     @property
-    def enriched_root(self) -> Path:
+    def enriched_root(self) -> Root:
         return enriched_root_for(self.skeleton_root)
+
+    @functools.cached_property
+    def object_store(self) -> ObjectStore:
+        """The object store's clients, made on first use (endpoint and keys: the `AWS_*`
+        variables), shared by every root of this run."""
+        return ObjectStore(S3Settings.from_env())
 
     @property
     def final_root(self) -> Path:
@@ -147,9 +159,11 @@ def _configured(options: RequestOptions) -> Config:
     if base:
         config = config.model_copy(update={"base": config.base.model_copy(update=base)})
     if options.output_root:
-        config = config.with_runtime(output_root=Path(options.output_root))
+        root = parse_root(options.output_root, f"{options.origin or '--'}output_root")
+        config = config.with_runtime(output_root=options.output_root if isinstance(root, ObjectPath)
+                                     else root)
     expected = enriched_root_for(config.runtime.output_root)
-    if options.enriched_output_root and Path(options.enriched_output_root) != expected:
+    if options.enriched_output_root and str(options.enriched_output_root).rstrip("/") != str(expected):
         raise DaedalusError(
             f"{options.origin}enriched_output_root: {options.enriched_output_root!r} is not"
             f" {str(expected)!r}; the enrich stage writes to <output_root>_enriched"

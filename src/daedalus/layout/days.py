@@ -5,6 +5,10 @@ place, so readers never see half a day. A per-day lock file keeps two runs
 from writing the same day at once; staging folders left by a killed run are
 removed by the next writer of that day, or by the next stage's `sweep_staging`.
 
+A root may also be `s3://bucket/prefix` (an `ObjectPath`): there is no rename there, so each
+function below hands such a root to `daedalus.layout.object_days`, whose commit protocol
+gives readers the same guarantee.
+
 A day that once had rows and now has none is retired (`retire_day`): renamed out of sight
 in one step, then deleted. Its 0-row manifest lives in `<root>/.manifests/`, never in a
 `dt=` folder: an empty day has no folder (docs/data-contract.md).
@@ -19,12 +23,21 @@ import errno
 import fcntl
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 from daedalus.core.errors import DaedalusError
 from daedalus.core.faults import crash_point
+from daedalus.layout.object_days import (
+    object_day_lock,
+    present_object_days,
+    publish_staged,
+    retire_object_day,
+    sweep_object_orphans,
+)
+from daedalus.storage.objects import ObjectPath
 
 STAGING_PREFIX = ".staging-"
 LOCK_DIR = ".locks"
@@ -35,12 +48,14 @@ def day_name(day: dt.date) -> str:
     return f"dt={day:%Y-%m-%d}"
 
 
-def day_path(root: Path, day: dt.date) -> Path:
-    return Path(root) / day_name(day)
+def day_path(root: Path | ObjectPath, day: dt.date) -> Path | ObjectPath:
+    return (root if isinstance(root, ObjectPath) else Path(root)) / day_name(day)
 
 
-def present_days(root: Path) -> set[dt.date]:
+def present_days(root: Path | ObjectPath) -> set[dt.date]:
     """Days whose folder has been published (staging folders are invisible)."""
+    if isinstance(root, ObjectPath):
+        return present_object_days(root)
     root = Path(root)
     if not root.is_dir():
         return set()
@@ -52,7 +67,13 @@ def present_days(root: Path) -> set[dt.date]:
     return out
 
 
-def ensure_writable(root: Path, what: str = "output root") -> Path:
+def ensure_writable(root: Path | ObjectPath, what: str = "output root") -> Path | ObjectPath:
+    if isinstance(root, ObjectPath):
+        root.check_bucket()
+        probe = root / f".write-probe-{uuid.uuid4().hex[:8]}"
+        probe.write_bytes(b"")
+        probe.unlink()
+        return root
     root = Path(root)
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -68,6 +89,10 @@ def ensure_writable(root: Path, what: str = "output root") -> Path:
 @contextlib.contextmanager
 def day_lock(root: Path, day: dt.date, blocking: bool = False) -> Iterator[None]:
     """Exclusive lock on one day of one root; refuses a second writer with a clear error."""
+    if isinstance(root, ObjectPath):
+        with object_day_lock(root, day):
+            yield
+        return
     lock_dir = Path(root) / LOCK_DIR
     lock_dir.mkdir(parents=True, exist_ok=True)
     path = lock_dir / f"{day_name(day)}.lock"
@@ -88,6 +113,9 @@ def day_lock(root: Path, day: dt.date, blocking: bool = False) -> Iterator[None]
 
 def clean_staging(root: Path, day: dt.date) -> None:
     """Remove staging folders a killed run left for this day (caller holds the day lock)."""
+    if isinstance(root, ObjectPath):
+        sweep_object_orphans(root, day)
+        return
     root = Path(root)
     if root.is_dir():
         for child in root.glob(f"{STAGING_PREFIX}{day_name(day)}-*"):
@@ -98,8 +126,11 @@ def sweep_staging(root: Path) -> None:
     """Remove the staging folders killed runs left, for every day no live run is writing.
 
     `staged_day` cleans a day it writes; this also reaches days that are never rewritten
-    (a run killed after publishing a day, before removing the day it replaced).
+    (a run killed after publishing a day, before removing the day it replaced). An object-store
+    root has no staging folders: each day's next commit deletes what a killed run left.
     """
+    if isinstance(root, ObjectPath):
+        return
     root = Path(root)
     days = set()
     for child in root.glob(f"{STAGING_PREFIX}dt=*") if root.is_dir() else ():
@@ -116,7 +147,17 @@ def staged_day(root: Path, day: dt.date) -> Iterator[Path]:
 
     An existing day is exchanged with the new one in a single rename, so a reader sees
     the old day or the new one, never a mix or a gap. On failure the staging folder is removed.
+    For an object-store root the staging folder is local scratch, published by
+    `object_days.publish_staged` (caller holds the day lock).
     """
+    if isinstance(root, ObjectPath):
+        staging = Path(tempfile.mkdtemp(prefix=f"daedalus-{day_name(day)}-"))
+        try:
+            yield staging
+            publish_staged(root, day, staging)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return
     root = Path(root)
     clean_staging(root, day)
     staging = root / f"{STAGING_PREFIX}{day_name(day)}-{uuid.uuid4().hex[:12]}"
@@ -149,6 +190,8 @@ def retire_day(root: Path, day: dt.date) -> Path | None:
     part of one; a run killed before the delete leaves a staging folder that the next
     writer of the day, or `sweep_staging`, removes.
     """
+    if isinstance(root, ObjectPath):
+        return retire_object_day(root, day, None)
     root = Path(root)
     final = day_path(root, day)
     if not final.is_dir():

@@ -31,6 +31,12 @@ from typing import Any
 from daedalus import __version__
 from daedalus.core.config import Config, parse_duration
 from daedalus.layout.days import MANIFESTS_DIR, day_name, day_path
+from daedalus.layout.object_days import (
+    committed,
+    read_object_manifest,
+    write_object_empty_manifest,
+)
+from daedalus.storage.objects import ObjectPath
 
 MANIFEST_NAME = "_manifest.json"
 FORMAT = 1
@@ -215,6 +221,11 @@ def write_empty_manifest(root: Path, day: dt.date, manifest: Manifest) -> Path:
     """Record a day with no rows, without a day folder (caller holds the day lock)."""
     if manifest.rows != 0 or manifest.files:
         raise ValueError(f"{day}: an empty-day manifest has no rows and no files")
+    if isinstance(root, ObjectPath):
+        data = asdict(manifest)
+        data["written_at"] = manifest.written_at or dt.datetime.now(dt.UTC).isoformat()
+        write_object_empty_manifest(root, day, data)
+        return root / MANIFESTS_DIR / f"{day_name(day)}.json"
     path = empty_manifest_path(day_path(root, day))
     path.parent.mkdir(parents=True, exist_ok=True)
     for leftover in path.parent.glob(f"{path.name}.*.tmp"):  # a killed run's
@@ -230,12 +241,18 @@ def write_empty_manifest(root: Path, day: dt.date, manifest: Manifest) -> Path:
 
 def remove_empty_manifest(root: Path, day: dt.date) -> None:
     """Drop the day's 0-row sidecar once the day has rows again (caller holds the day lock)."""
+    if isinstance(root, ObjectPath):
+        (root / MANIFESTS_DIR / f"{day_name(day)}.json").unlink()
+        return
     path = Path(root) / MANIFESTS_DIR / f"{day_name(day)}.json"
     path.unlink(missing_ok=True)
 
 
 def read_manifest(folder: Path) -> dict | None:
     """The day folder's manifest; for an absent folder, its 0-row sidecar, if any."""
+    if isinstance(folder, ObjectPath):
+        data = read_object_manifest(folder)
+        return data if data is not None and data.get("format") == FORMAT else None
     folder = Path(folder)
     data = _read_json(folder / MANIFEST_NAME)
     if data is None and not folder.exists():
@@ -273,8 +290,8 @@ def day_state(folder: Path, current: Fingerprint) -> tuple[str, str]:
 
     'empty' is complete with no rows: no folder, an up-to-date 0-row sidecar.
     """
-    folder = Path(folder)
-    if not folder.exists():
+    published = committed(folder) if isinstance(folder, ObjectPath) else Path(folder).exists()
+    if not published:
         data = read_manifest(folder)
         recorded = recorded_fingerprint(data) if data else None
         if recorded is None:

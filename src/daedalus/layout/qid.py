@@ -24,7 +24,12 @@ import pyarrow.parquet as pq
 
 from daedalus.core.errors import DaedalusError
 from daedalus.core.faults import crash_point
-from daedalus.layout.days import LOCK_DIR, present_days
+from daedalus.layout.days import LOCK_DIR, day_path, present_days
+from daedalus.layout.object_days import manifest_files, object_lock, read_object_manifest
+from daedalus.storage.objects import ObjectPath
+
+# How long a writer of an object-store map waits for another day's writer to finish with it.
+OBJECT_LOCK_WAIT_SECONDS = 600.0
 
 
 def assign_qid(
@@ -63,9 +68,10 @@ class QidMap:
     """The session → qid map file of one output root, shared by every day of a run."""
 
     def __init__(
-        self, output_root: Path, state_file: str, key: str = "feed_session", value: str = "qid"
+        self, output_root: Path | ObjectPath, state_file: str, key: str = "feed_session",
+        value: str = "qid"
     ):
-        self.root = Path(output_root)
+        self.root = output_root if isinstance(output_root, ObjectPath) else Path(output_root)
         self.path = self.root / state_file
         self.key, self.value = key, value
         self._table: pa.Table | None = None
@@ -78,7 +84,13 @@ class QidMap:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        """One writer of the map at a time, across threads and processes."""
+        """One writer of the map at a time, across threads and processes (and machines, for an
+        object-store root: a lease lock beside the day locks)."""
+        if isinstance(self.root, ObjectPath):
+            with self._mutex, object_lock(self.root / LOCK_DIR / f"{self.path.name}.lock",
+                                          str(self.path), wait=OBJECT_LOCK_WAIT_SECONDS):
+                yield
+            return
         lock_dir = self.root / LOCK_DIR
         lock_dir.mkdir(parents=True, exist_ok=True)
         with self._mutex:
@@ -91,7 +103,9 @@ class QidMap:
             finally:
                 os.close(fd)
 
-    def _file_stamp(self) -> tuple[int, int] | None:
+    def _file_stamp(self) -> tuple[int, int] | str | None:
+        if isinstance(self.path, ObjectPath):
+            return self.path.etag()
         try:
             st = self.path.stat()
         except FileNotFoundError:
@@ -106,7 +120,9 @@ class QidMap:
             table = self._recover()
         else:
             try:
-                table = pq.read_table(self.path, columns=[self.key, self.value])
+                source = (pa.BufferReader(self.path.read_bytes())
+                          if isinstance(self.path, ObjectPath) else self.path)
+                table = pq.read_table(source, columns=[self.key, self.value])
             except Exception as exc:  # noqa: BLE001 - any unreadable map is the same fix
                 raise DaedalusError(
                     f"{self.path}: not a readable qid map ({type(exc).__name__}: {exc})"
@@ -118,11 +134,7 @@ class QidMap:
 
     def _recover(self) -> pa.Table:
         """No map file: rebuild it from the days already written, so their qids stay valid."""
-        files = [
-            str(f)
-            for d in sorted(present_days(self.root))
-            for f in sorted((self.root / f"dt={d:%Y-%m-%d}").glob("*.parquet"))
-        ]
+        files = self._day_files()
         if not files:
             return pa.Table.from_batches([], schema=self.schema)
         import duckdb
@@ -130,11 +142,19 @@ class QidMap:
         con = duckdb.connect()
         try:
             con.execute("SET enable_progress_bar = false")
+            if isinstance(self.root, ObjectPath):  # read through pyarrow's S3 filesystem
+                import pyarrow.dataset as ds
+
+                con.register("days", ds.dataset([f.arrow_path for f in files], format="parquet",
+                                                 filesystem=self.root.store.filesystem))
+                source, params = "days", {}
+            else:
+                source, params = "read_parquet($files)", {"files": [str(f) for f in files]}
             table = con.sql(
-                f"SELECT {self.key}, min({self.value}) AS {self.value} FROM read_parquet($files)"
+                f"SELECT {self.key}, min({self.value}) AS {self.value} FROM {source}"
                 f" WHERE {self.key} IS NOT NULL AND {self.value} IS NOT NULL"
                 f" GROUP BY {self.key} ORDER BY {self.value}, {self.key}",
-                params={"files": files},
+                params=params,
             ).to_arrow_table()
         finally:
             con.close()
@@ -143,7 +163,23 @@ class QidMap:
             self._write(table)
         return table
 
+    def _day_files(self) -> list:
+        """The written days' parts: listed on disk, named by the manifests in object storage."""
+        if isinstance(self.root, ObjectPath):
+            return [f for d in sorted(present_days(self.root))
+                    for f in manifest_files(day_path(self.root, d),
+                                            read_object_manifest(day_path(self.root, d)) or {})]
+        return [f for d in sorted(present_days(self.root))
+                for f in sorted((self.root / f"dt={d:%Y-%m-%d}").glob("*.parquet"))]
+
     def _write(self, table: pa.Table) -> None:
+        if isinstance(self.path, ObjectPath):  # one PUT replaces the map whole
+            sink = pa.BufferOutputStream()
+            pq.write_table(table, sink, compression="zstd")
+            crash_point("qid.before_replace")
+            self.path.write_bytes(sink.getvalue().to_pybytes())
+            self._stamp = self._file_stamp()
+            return
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         pq.write_table(table, tmp, compression="zstd")
         with open(tmp, "rb") as fh:

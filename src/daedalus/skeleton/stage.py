@@ -59,7 +59,7 @@ def run_skeleton_stage(
     given. A day with no impressions gets a 0-row sidecar manifest instead of a folder.
     """
     plan = SkeletonPlan.build(pipeline, config)
-    output_root = ensure_writable(Path(output_root))
+    output_root = ensure_writable(output_root)
     sweep_staging(output_root)
     sweep_scratch(Path(config.runtime.compute.duckdb_config.temp_directory))
     results: dict[dt.date, DayResult] = {}

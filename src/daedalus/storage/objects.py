@@ -1,0 +1,176 @@
+"""`ObjectPath`: one key of an S3-compatible store, with the few path operations we need.
+
+It reads like a `pathlib.Path` where object storage can honour that (`/`, `name`, `parent`,
+`exists`, `read_bytes`, `write_bytes`, `unlink`) and says so where it cannot: there is no
+rename, and a "folder" is just a key prefix. Writes can be conditional, which is what the
+day commit and the day lock are built on (`if_none_match`: create only; `if_match`: replace
+or delete only the version with that ETag). Every request's failure is a one-line error.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from daedalus.storage.s3 import ObjectStore, error_code, s3_errors
+
+SCHEME = "s3://"
+
+
+class PreconditionFailed(Exception):
+    """A conditional write or delete found another version of the key."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    path: ObjectPath
+    size: int
+    etag: str
+    modified: dt.datetime
+
+
+@dataclass(frozen=True)
+class ObjectPath:
+    bucket: str
+    key: str
+    store: ObjectStore = field(compare=False, repr=False)
+
+    def __str__(self) -> str:
+        return f"{SCHEME}{self.bucket}/{self.key}".rstrip("/")
+
+    def __truediv__(self, name: str) -> ObjectPath:
+        key = f"{self.key}/{name}" if self.key else str(name)
+        return ObjectPath(self.bucket, key.strip("/"), self.store)
+
+    @property
+    def name(self) -> str:
+        return self.key.rsplit("/", 1)[-1]
+
+    @property
+    def parent(self) -> ObjectPath:
+        return ObjectPath(self.bucket, self.key.rpartition("/")[0], self.store)
+
+    def with_name(self, name: str) -> ObjectPath:
+        return self.parent / name
+
+    @property
+    def arrow_path(self) -> str:
+        """The path pyarrow's S3 filesystem takes: `bucket/key`."""
+        return f"{self.bucket}/{self.key}"
+
+    # -- objects ---------------------------------------------------------------------------
+
+    def read_bytes(self) -> bytes:
+        """The object's bytes; FileNotFoundError if there is none."""
+        with self._errors():
+            try:
+                return self.store.client.get_object(Bucket=self.bucket, Key=self.key)["Body"].read()
+            except Exception as exc:
+                if error_code(exc) in ("NoSuchKey", "404", "NotFound"):
+                    raise FileNotFoundError(str(self)) from None
+                raise
+
+    def read_text(self) -> str:
+        return self.read_bytes().decode()
+
+    def read_with_etag(self) -> tuple[bytes, str] | None:
+        """(bytes, ETag) of the object, or None if there is none."""
+        with self._errors():
+            try:
+                got = self.store.client.get_object(Bucket=self.bucket, Key=self.key)
+            except Exception as exc:
+                if error_code(exc) in ("NoSuchKey", "404", "NotFound"):
+                    return None
+                raise
+            return got["Body"].read(), got["ETag"]
+
+    def write_bytes(self, data: bytes, *, if_none_match: bool = False,
+                    if_match: str | None = None) -> str:
+        """Put the object (one request: readers see the old version or this one); its ETag.
+        Raises PreconditionFailed when a condition does not hold."""
+        extra = {}
+        if if_none_match:
+            extra["IfNoneMatch"] = "*"
+        if if_match:
+            extra["IfMatch"] = if_match
+        with self._errors():
+            try:
+                return self.store.client.put_object(Bucket=self.bucket, Key=self.key, Body=data,
+                                                    **extra)["ETag"]
+            except Exception as exc:
+                if error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                    raise PreconditionFailed(str(self)) from None
+                raise
+
+    def write_text(self, text: str, **conditions) -> str:
+        return self.write_bytes(text.encode(), **conditions)
+
+    def unlink(self, missing_ok: bool = True, if_match: str | None = None) -> None:
+        extra = {"IfMatch": if_match} if if_match else {}
+        with self._errors():
+            try:
+                self.store.client.delete_object(Bucket=self.bucket, Key=self.key, **extra)
+            except Exception as exc:
+                if error_code(exc) in ("PreconditionFailed", "412"):
+                    raise PreconditionFailed(str(self)) from None
+                if error_code(exc) in ("NoSuchKey", "404") and missing_ok:
+                    return
+                raise
+
+    def upload(self, local: str) -> None:
+        """Copy a local file here (multipart where large)."""
+        with self._errors():
+            self.store.client.upload_file(local, self.bucket, self.key)
+
+    def etag(self) -> str | None:
+        """The object's ETag (its version), or None if there is none."""
+        with self._errors():
+            try:
+                return self.store.client.head_object(Bucket=self.bucket, Key=self.key)["ETag"]
+            except Exception as exc:
+                if error_code(exc) in ("NoSuchKey", "404", "NotFound"):
+                    return None
+                raise
+
+    def is_file(self) -> bool:
+        return self.etag() is not None
+
+    # -- prefixes ("folders") ----------------------------------------------------------------
+
+    def iter_objects(self) -> Iterator[ObjectInfo]:
+        """Every object under this prefix, in key order."""
+        prefix = f"{self.key}/" if self.key else ""
+        with self._errors():
+            pages = self.store.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix)
+            for page in pages:
+                for item in page.get("Contents", []):
+                    yield ObjectInfo(ObjectPath(self.bucket, item["Key"], self.store),
+                                     item["Size"], item["ETag"].strip('"'), item["LastModified"])
+
+    def children(self) -> list[ObjectPath]:
+        """The "folders" directly under this prefix."""
+        prefix = f"{self.key}/" if self.key else ""
+        out = []
+        with self._errors():
+            pages = self.store.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix, Delimiter="/")
+            for page in pages:
+                for common in page.get("CommonPrefixes", []):
+                    out.append(ObjectPath(self.bucket, common["Prefix"].rstrip("/"), self.store))
+        return out
+
+    def is_dir(self) -> bool:
+        return next(self.iter_objects(), None) is not None
+
+    def exists(self) -> bool:
+        return self.is_file() or self.is_dir()
+
+    def check_bucket(self) -> None:
+        """Fail with the one-line error unless the bucket answers to our credentials."""
+        with self._errors():
+            self.store.client.head_bucket(Bucket=self.bucket)
+
+    def _errors(self):
+        return s3_errors(str(self), self.store.settings)
