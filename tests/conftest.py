@@ -83,3 +83,20 @@ def _dagster_home_per_test(tmp_path_factory: pytest.TempPathFactory,
     """`daeda pipeline train` records its days on `$DAGSTER_HOME`: each test gets its own, so
     no test writes into the checkout's `.dagster_home/`."""
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path_factory.mktemp("dagster_home")))
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real SeaweedFS S3 server on 127.0.0.1 for the session, bucket `daedalus` created."""
+    from s3server import SeaweedS3
+
+    with SeaweedS3(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """This test's process (and the CLIs it starts) pointed at the session's S3 server."""
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    return s3_server.env()
