@@ -75,6 +75,14 @@ class BaseConfig(BaseSettings):
 
     yaml_data: ClassVar[dict[str, Any]] = {}
 
+    @field_validator("sources_root", "store_root", mode="before")
+    @classmethod
+    def _local_only(cls, value: Any) -> Any:
+        if is_uri_text(value):
+            raise ValueError("sources and stores are read from local paths for now; only"
+                             " output_root may be s3:// (copy the sources to local disk)")
+        return value
+
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings,
                                    dotenv_settings, file_secret_settings):
