@@ -62,13 +62,18 @@ class Project:
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
     """Config pointing sources, store and output into tmp_path; env overrides cleared."""
+    monkeypatch.delenv("DAEDALUS_SOURCES_ROOT", raising=False)
+    monkeypatch.delenv("DAEDALUS_STORE_ROOT", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    return make_project(tmp_path)
+
+
+def make_project(tmp_path: Path) -> Project:
+    """The project's config and registry copied under `tmp_path`, every root pointed there."""
     root = tmp_path / "project"
     for name in ("config", "feature_views", "feature_services"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("pipelines"))
     (root / "config/pipelines").mkdir(exist_ok=True)
-    monkeypatch.delenv("DAEDALUS_SOURCES_ROOT", raising=False)
-    monkeypatch.delenv("DAEDALUS_STORE_ROOT", raising=False)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     p = Project(root)
     p.edit(p.base, "sources_root: data/demo/sources", f"sources_root: {tmp_path / 'sources'}")
     p.edit(p.base, "store_root: data/store", f"store_root: {tmp_path / 'store'}")

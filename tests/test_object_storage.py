@@ -32,6 +32,17 @@ def sources(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def local(tmp_path_factory, sources) -> Path:
+    """The same days written to local disk once: the bytes every object-store run must match."""
+    from conftest import make_project
+
+    project = make_project(tmp_path_factory.mktemp("local_reference"))
+    out = project.root.parent / "local_out"
+    train(project, sources, str(out))
+    return out
+
+
 def train(project, sources: Path, root: str, *flags: str, env: dict | None = None,
           check: bool = True, stage: str = "--skeleton-only") -> subprocess.CompletedProcess:
     cmd = [*DAEDA, "pipeline", "train", "dssm_ranking", *project.cli_flags(), "--output-root",
@@ -80,10 +91,8 @@ def same_bytes(s3_parts: dict[str, bytes], local: dict[str, bytes]) -> bool:
 
 
 def test_skeleton_days_in_object_storage_have_the_local_bytes_and_rerun_as_up_to_date(
-        project, sources, s3_env, s3_server, tmp_path):
+        project, sources, s3_env, s3_server, local):
     root = bucket_root(s3_server)
-    local = tmp_path / "local_out"
-    train(project, sources, str(local))
     first = train(project, sources, root)
     assert f"→ {root}/dt={DAYS[0]}" in first.stdout + first.stderr
     for day in DAYS:
@@ -109,24 +118,22 @@ def test_skeleton_days_in_object_storage_have_the_local_bytes_and_rerun_as_up_to
         assert same_bytes(committed_parts(s3_server, root, day)[1], local_parts(local, day))
 
 
-@pytest.mark.parametrize("point", ["objects.before_commit", "objects.after_commit"])
 def test_a_run_killed_between_requests_leaves_a_whole_day_and_its_rerun_the_clean_day(
-        project, sources, s3_env, s3_server, tmp_path, point):
+        project, sources, s3_env, s3_server, local):
     root = bucket_root(s3_server)
-    local = tmp_path / "local_out"
-    train(project, sources, str(local))
     train(project, sources, root)
-    old_manifest, _ = committed_parts(s3_server, root, DAYS[0])
-    killed = train(project, sources, root, "--force", env={"DAEDALUS_TEST_CRASH_AT": point},
-                   check=False)
-    assert killed.returncode == -9, killed.stderr[-2000:]
-    manifest, parts = committed_parts(s3_server, root, DAYS[0])
-    if point == "objects.before_commit":
-        assert manifest["files"] == old_manifest["files"], "nothing commits before the manifest"
-    else:
-        assert manifest["files"] != old_manifest["files"]
-    assert same_bytes(parts, local_parts(local, DAYS[0])), "the day a reader sees is whole"
-    train(project, sources, root, "--force")  # the killed run's lock lapses with its process
+    for point in ("objects.before_commit", "objects.after_commit"):
+        old_manifest, _ = committed_parts(s3_server, root, DAYS[0])
+        killed = train(project, sources, root, "--force", env={"DAEDALUS_TEST_CRASH_AT": point},
+                       check=False)
+        assert killed.returncode == -9, killed.stderr[-2000:]
+        manifest, parts = committed_parts(s3_server, root, DAYS[0])
+        if point == "objects.before_commit":
+            assert manifest["files"] == old_manifest["files"], "nothing commits before it"
+        else:
+            assert manifest["files"] != old_manifest["files"]
+        assert same_bytes(parts, local_parts(local, DAYS[0])), "the day a reader sees is whole"
+    train(project, sources, root, "--force")  # the killed runs' locks lapse with their processes
     for day in DAYS:
         assert same_bytes(committed_parts(s3_server, root, day)[1], local_parts(local, day))
     day_keys = [k for k in keys(s3_server, root) if f"/dt={DAYS[0]}/" in k]
@@ -185,3 +192,43 @@ def test_bad_object_storage_settings_are_one_line_errors_and_write_nothing(
         assert not keys(s3_server, root), "nothing written"
     assert not [k for k in keys(s3_server, "s3://daedalus/") if "/dt=" in k and "t-" not in k]
     assert ACCESS_KEY  # the server's identity is the one the good runs used
+
+
+def test_the_server_killed_while_a_day_is_written_then_restarted_and_rerun(
+        project, sources, local, tmp_path, monkeypatch):
+    """Its own server: the run is paused just before its commit, the server killed, the run
+    resumed; it fails in one line, the previous day stays whole, and after a restart the
+    rerun writes the clean day."""
+    import signal
+    import time
+
+    from s3server import SeaweedS3
+
+    with SeaweedS3(tmp_path / "own_server") as server:
+        for name, value in server.env().items():
+            monkeypatch.setenv(name, value)
+        root = "s3://daedalus/out"
+        train(project, sources, root)
+        before, _ = committed_parts(server, root, DAYS[0])
+        cmd = [*DAEDA, "pipeline", "train", "dssm_ranking", *project.cli_flags(), "--output-root",
+               root, "--skeleton-only", "--force"]
+        env = {**os.environ, "DAEDALUS_SOURCES_ROOT": str(sources),
+               "DAEDALUS_TEST_PAUSE_AT": "objects.before_commit"}
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while Path(f"/proc/{proc.pid}/stat").read_text().split()[2] != "T":
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        server.stop()
+        proc.send_signal(signal.SIGCONT)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode != 0 and "Traceback" not in err, err[-2000:]
+        assert "does not answer" in err.strip().splitlines()[-1], err[-1000:]
+        server.start()
+        after, parts = committed_parts(server, root, DAYS[0])
+        assert after["files"] == before["files"]
+        assert same_bytes(parts, local_parts(local, DAYS[0]))
+        train(project, sources, root, "--force")
+        for day in DAYS:
+            assert same_bytes(committed_parts(server, root, day)[1], local_parts(local, day))

@@ -93,7 +93,8 @@ class DayLease:
     def release(self) -> None:
         self._stop.set()
         self._thread.join()
-        with self._mutex, contextlib.suppress(PreconditionFailed):
+        # A lock we cannot delete (taken over, or the store is down) lapses by itself.
+        with self._mutex, contextlib.suppress(PreconditionFailed, DaedalusError):
             if not self.lost:
                 self.path.unlink(if_match=self.etag)
 
