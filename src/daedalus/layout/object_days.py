@@ -225,6 +225,8 @@ def publish_staged(root: ObjectPath, day: dt.date, staging: Path,
     crash_point("objects.before_commit")
     if lease is not None:
         lease.renew()  # a lock lost while uploading must not commit
+    else:
+        _check_still_ours(root / LOCK_DIR / f"{day_name(day)}.lock", folder)
     committed_manifest = {**manifest, "files": names}
     (folder / MANIFEST_NAME).write_text(json.dumps(committed_manifest, indent=2, default=str))
     crash_point("objects.after_commit")
@@ -233,6 +235,15 @@ def publish_staged(root: ObjectPath, day: dt.date, staging: Path,
     for info in folder.iter_objects():
         if str(info.path) not in keep:
             info.path.unlink()
+
+
+def _check_still_ours(lock: ObjectPath, folder: ObjectPath) -> None:
+    """Refuse to commit unless the day's lock is still held by this process."""
+    held = lock.read_with_etag()
+    holder = json.loads(held[0]) if held else {}
+    if holder.get("pid") != os.getpid() or holder.get("host") != socket.gethostname():
+        raise DaedalusError(f"{folder}: this run lost the day's lock while writing (fix: rerun"
+                            " when the other run is done)")
 
 
 def retire_object_day(root: ObjectPath, day: dt.date, empty_manifest: dict | None) -> ObjectPath | None:
