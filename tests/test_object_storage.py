@@ -180,7 +180,7 @@ def test_bad_object_storage_settings_are_one_line_errors_and_write_nothing(
     not_yet = {  # what the object store does not take yet says so, before writing anything
         "the enrich stage writes local roots only": (
             lambda root: train(project, sources, root, stage="", check=False)),
-        "sources and stores are read from local paths": (
+        "sources are read from local paths": (
             lambda root: train(project, sources, root, check=False,
                                env={"DAEDALUS_SOURCES_ROOT": "s3://daedalus/sources"})),
     }
