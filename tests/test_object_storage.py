@@ -1,6 +1,6 @@
 """Output roots in object storage, against a real S3-compatible server (SeaweedFS).
 
-A skeleton day written to `s3://` has the same bytes as on local disk; it is committed by its
+A day written to `s3://` (skeleton and enriched) has the same bytes as on local disk; it is committed by its
 manifest, so a run killed between any two requests leaves the previous day or the new one,
 whole, and its rerun gives the day an uninterrupted run gives; two writers of a day refuse
 each other; bad endpoints, keys, buckets and schemes are one-line errors.
@@ -39,7 +39,7 @@ def local(tmp_path_factory, sources) -> Path:
 
     project = make_project(tmp_path_factory.mktemp("local_reference"))
     out = project.root.parent / "local_out"
-    train(project, sources, str(out))
+    train(project, sources, str(out), "--ray-num-cpus", "2", stage="")
     return out
 
 
@@ -90,24 +90,43 @@ def same_bytes(s3_parts: dict[str, bytes], local: dict[str, bytes]) -> bool:
     return [s3_parts[k] for k in s3_parts] == [local[k] for k in local]
 
 
-def test_skeleton_days_in_object_storage_have_the_local_bytes_and_rerun_as_up_to_date(
+def same_content(s3_parts: dict[str, bytes], local: dict[str, bytes]) -> bool:
+    """Equal values part by part, in order. An enriched part's schema metadata names the actor
+    that wrote it (pid, node), so its bytes differ from run to run, on any disk."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    def tables(parts):
+        return [pq.read_table(io.BytesIO(b)).replace_schema_metadata(None) for b in parts.values()]
+
+    a, b = tables(s3_parts), tables(local)
+    return len(a) == len(b) and all(x.equals(y) for x, y in zip(a, b, strict=True))
+
+
+def test_days_in_object_storage_have_the_local_bytes_and_rerun_as_up_to_date(
         project, sources, s3_env, s3_server, local):
     root = bucket_root(s3_server)
-    first = train(project, sources, root)
+    first = train(project, sources, root, "--ray-num-cpus", "2", stage="")
     assert f"→ {root}/dt={DAYS[0]}" in first.stdout + first.stderr
+    assert f"→ {root}_enriched/dt={DAYS[0]}" in first.stdout + first.stderr
     for day in DAYS:
         manifest, parts = committed_parts(s3_server, root, day)
         assert all(name.startswith("r-") and "/" in name for name in manifest["files"])
-        assert same_bytes(parts, local_parts(local, day))
+        assert same_bytes(parts, local_parts(local, day)), day
+        manifest, parts = committed_parts(s3_server, f"{root}_enriched", day)
+        assert all(name.startswith("r-") and "/" in name for name in manifest["files"])
+        assert same_content(parts, local_parts(Path(f"{local}_enriched"), day)), day
     assert any(k.endswith("/qid_map.parquet") for k in keys(s3_server, root))
-    again = train(project, sources, root)
-    assert "3 skipped" in again.stdout, again.stdout
+    audits_read_the_committed_day(project, sources, root, local)
+    again = train(project, sources, root, stage="")
+    assert again.stdout.count("3 skipped") == 2, again.stdout
     status = subprocess.run([*DAEDA, "status", "dssm_ranking", *project.cli_flags(),
                              "--output-root", root, "--from", DAYS[0], "--to", DAYS[-1]],
                             cwd=REPO, capture_output=True, text=True,
                             env={**os.environ, "DAEDALUS_SOURCES_ROOT": str(sources)})
-    lines = [line for line in status.stdout.splitlines() if " skeleton " in line]
-    assert len(lines) == 3 and all(" complete " in line for line in lines), status.stdout
+    lines = [line for line in status.stdout.splitlines() if line.startswith("2026-")]
+    assert len(lines) == 6 and all(" complete " in line for line in lines), status.stdout
 
     before = set(keys(s3_server, root))
     train(project, sources, root, "--force")
@@ -116,6 +135,30 @@ def test_skeleton_days_in_object_storage_have_the_local_bytes_and_rerun_as_up_to
     assert len(old_parts) == 3, "a forced rerun deletes the previous run's parts after its commit"
     for day in DAYS:
         assert same_bytes(committed_parts(s3_server, root, day)[1], local_parts(local, day))
+
+
+def audits_read_the_committed_day(project, sources: Path, root: str, local: Path) -> None:
+    """The Dagster checks' readers (leakage audit, embedding coverage) give the same answers
+    over the committed object-store day as over the local day, every row and a sample."""
+    from daedalus.audit import embedding_coverage, leakage_audit
+    from daedalus.storage.uri import parse_root
+
+    config, registry = project.load()
+    config = config.model_copy(update={"base": config.base.model_copy(
+        update={"sources_root": sources})})
+    day = dt.date.fromisoformat(DAYS[0])
+    s3_root, s3_enriched = parse_root(root, "root"), parse_root(f"{root}_enriched", "root")
+    for max_rows in (None, 1000):
+        there = leakage_audit(config, registry, "dssm_ranking", day, s3_root, max_rows=max_rows,
+                              batch_rows=2000)
+        here = leakage_audit(config, registry, "dssm_ranking", day, local, max_rows=max_rows,
+                             batch_rows=2000)
+        assert there.audited_rows == here.audited_rows > 0
+        assert [(f.group, f.checked_rows, f.leaked_rows) for f in there.findings] == \
+               [(f.group, f.checked_rows, f.leaked_rows) for f in here.findings]
+    columns = ["image_embedding", "like_artwork_avg_embeds"]
+    assert embedding_coverage(config, s3_enriched, day, columns) == \
+           embedding_coverage(config, Path(f"{local}_enriched"), day, columns)
 
 
 def test_a_run_killed_between_requests_leaves_a_whole_day_and_its_rerun_the_clean_day(
@@ -178,8 +221,6 @@ def test_bad_object_storage_settings_are_one_line_errors_and_write_nothing(
         assert secret not in result.stdout + result.stderr
         assert s3_server.env()["AWS_SECRET_ACCESS_KEY"] not in result.stdout + result.stderr
     not_yet = {  # what the object store does not take yet says so, before writing anything
-        "the enrich stage writes local roots only": (
-            lambda root: train(project, sources, root, stage="", check=False)),
         "sources are read from local paths": (
             lambda root: train(project, sources, root, check=False,
                                env={"DAEDALUS_SOURCES_ROOT": "s3://daedalus/sources"})),

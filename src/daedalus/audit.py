@@ -23,6 +23,9 @@ import pyarrow.parquet as pq
 from daedalus.core.config import Config, parse_duration
 from daedalus.core.registry import ARROW_TYPES, FeatureView, Registry, aggregation_spec
 from daedalus.layout.days import day_path, present_days
+from daedalus.layout.manifest import read_manifest
+from daedalus.layout.object_days import committed, manifest_files
+from daedalus.storage.objects import ObjectPath, open_parquet
 
 AUDIT_BATCH_ROWS = 500_000  # output rows per audited batch: bounds the audit's memory
 EXAMPLES = 5  # leaked rows shown per feature group
@@ -40,20 +43,43 @@ class WrittenDay:
     schema: pa.Schema | None = None     # the first file's Arrow schema (every file shares it)
 
 
-def written_day(root: Path, day: dt.date) -> WrittenDay:
-    """Row count and schema of `<root>/dt=DAY/*.parquet` from the footers alone."""
-    folder = day_path(Path(root), day)
-    files = tuple(sorted(folder.glob("*.parquet"))) if folder.is_dir() else ()
+def written_day(root: Path | ObjectPath, day: dt.date) -> WrittenDay:
+    """Row count and schema of `<root>/dt=DAY/*.parquet` from the footers alone; in object
+    storage, of the parts the day's committed manifest names."""
+    if isinstance(root, ObjectPath):
+        folder = day_path(root, day)
+        manifest = read_manifest(folder) if committed(folder) else None
+        files = tuple(manifest_files(folder, manifest or {}))
+        exists = manifest is not None
+    else:
+        folder = day_path(Path(root), day)
+        files = tuple(sorted(folder.glob("*.parquet"))) if folder.is_dir() else ()
+        exists = folder.is_dir()
     rows = 0
     schema = None
     for path in files:
-        meta = pq.read_metadata(path)
+        meta = open_parquet(path).metadata
         rows += meta.num_rows
         if schema is None:
             schema = meta.schema.to_arrow_schema().remove_metadata()
     columns = tuple(schema.names) if schema is not None else ()
-    return WrittenDay(path=folder, exists=folder.is_dir(), rows=rows, columns=columns, files=files,
+    return WrittenDay(path=folder, exists=exists, rows=rows, columns=columns, files=files,
                       schema=schema)
+
+
+def _scan(con: duckdb.DuckDBPyConnection, files: tuple, columns: list[str],
+          name: str = "written") -> str:
+    """The day's files as a DuckDB relation: `read_parquet` of local files; in object storage,
+    a pyarrow dataset over S3 of just `columns`, streamed into DuckDB as `name`."""
+    if files and isinstance(files[0], ObjectPath):
+        import pyarrow.dataset as ds
+
+        dataset = ds.dataset([f.arrow_path for f in files], format="parquet",
+                             filesystem=files[0].store.filesystem)
+        con.register(name, dataset.scanner(columns=columns).to_reader())
+        return name
+    listed = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
+    return f"read_parquet([{listed}], hive_partitioning = false)"
 
 
 @dataclass(frozen=True)
@@ -209,6 +235,16 @@ def _batches(con: duckdb.DuckDBPyConnection, files: tuple[Path, ...], cols: list
     row groups a batch spans); `rid` is the row's 1-based index in the day. Yields row counts."""
     offset = 0
     for path in files:
+        if isinstance(path, ObjectPath):  # read through pyarrow's S3 layer, batch by batch
+            for batch in open_parquet(path).iter_batches(batch_size=batch_rows, columns=cols):
+                rid = pa.array(range(offset + 1, offset + 1 + batch.num_rows), pa.int64())
+                con.register("audited_batch", pa.Table.from_batches([batch]).add_column(0, "rid", rid))
+                con.execute(f"CREATE OR REPLACE TEMP TABLE audited AS SELECT rid,"
+                            f" {', '.join(map(_q, cols))} FROM audited_batch")
+                con.unregister("audited_batch")
+                offset += batch.num_rows
+                yield batch.num_rows
+            continue
         rows = pq.read_metadata(path).num_rows
         for start in range(0, rows, batch_rows):
             con.execute(f"CREATE OR REPLACE TEMP TABLE audited AS SELECT"
@@ -226,10 +262,8 @@ def _sample(con: duckdb.DuckDBPyConnection, files: tuple[Path, ...], cols: list[
     """Fill table `audited` with a repeatable reservoir sample of `rows` rows (`rid` numbers
     the sample)."""
     con.execute(f"CREATE OR REPLACE TEMP TABLE audited AS SELECT row_number() OVER () AS rid, *"
-                f" FROM (SELECT {', '.join(map(_q, cols))}"
-                f" FROM read_parquet($files, hive_partitioning = false)"
-                f" USING SAMPLE reservoir({rows} ROWS) REPEATABLE (7))",
-                {"files": [str(f) for f in files]})
+                f" FROM (SELECT {', '.join(map(_q, cols))} FROM {_scan(con, files, cols)}"
+                f" USING SAMPLE reservoir({rows} ROWS) REPEATABLE (7))")
     yield rows
 
 
@@ -358,9 +392,16 @@ def embedding_coverage(config: Config, root: Path, day: dt.date,
     out: dict[str, float | None] = {c: None for c in columns}
     if not written.rows or not present:
         return out
-    counts = ", ".join(f"count({_q(c)})" for c in present)
-    with _connect(config) as con:
-        row = con.execute(f"SELECT {counts} FROM read_parquet($files, hive_partitioning = false)",
-                          {"files": [str(f) for f in written.files]}).fetchone()
+    if isinstance(root, ObjectPath):  # DuckDB has no Arrow float16: pyarrow counts them
+        row = [0] * len(present)
+        for path in written.files:
+            for batch in open_parquet(path).iter_batches(columns=present):
+                row = [n + len(col) - col.null_count for n, col in zip(row, batch.columns,
+                                                                      strict=True)]
+    else:
+        counts = ", ".join(f"count({_q(c)})" for c in present)
+        with _connect(config) as con:
+            row = con.execute(f"SELECT {counts} FROM {_scan(con, written.files, present)}"
+                              ).fetchone()
     out.update({c: n / written.rows for c, n in zip(present, row, strict=True)})
     return out

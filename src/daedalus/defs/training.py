@@ -8,7 +8,6 @@ partition is a day: compile → skeleton → enrich.
 import datetime as dt
 import hashlib
 import json
-from pathlib import Path
 
 import dagster as dg
 
@@ -115,7 +114,7 @@ def training_metadata(request: RunRequest, day: dt.date, skeleton: dict,
     reason = skeleton["reason"] if skeleton["recomputed"] else enrich_reason
     manifest = read_manifest(day_path(root, day)) or {}
     fingerprint = manifest.get("fingerprint", {})
-    skeleton_manifest = read_manifest(Path(skeleton["output_path"])) or {}
+    skeleton_manifest = read_manifest(day_path(request.skeleton_root, day)) or {}
     enriched_manifest = manifest if pipeline.has_enrichment else {}
     metadata = {
         "rows": written.rows,

@@ -13,12 +13,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from daedalus.core.errors import DaedalusError
 from daedalus.core.results import DayResult, RunSummary
 from daedalus.engine.plan import DayPlan, RunPlan, plan_run
 from daedalus.engine.request import RunRequest
 from daedalus.layout.days import day_path, ensure_writable
-from daedalus.storage.objects import ObjectPath
 
 Progress = Callable[[str], None]
 
@@ -100,10 +98,6 @@ def _check_inputs(request: RunRequest, progress: Progress):
     if request.runs_enrich:
         from daedalus.enrich.stage import prepare_enrich
 
-        if isinstance(request.enriched_root, ObjectPath):
-            raise DaedalusError(f"{request.enriched_root}: the enrich stage writes local roots"
-                                " only for now; an s3:// output_root takes the skeleton stage"
-                                " (fix: add --skeleton-only, or use a local --output-root)")
         ensure_writable(request.enriched_root, "enriched output root")
         return prepare_enrich(request.pipeline, request.config, request.envelope, progress)
     return None

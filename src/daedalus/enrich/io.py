@@ -25,15 +25,20 @@ from daedalus.enrich.batch import expand_table, handed_over
 from daedalus.enrich.plan import EnrichPlan
 from daedalus.layout.days import day_path
 from daedalus.layout.manifest import read_manifest
+from daedalus.layout.object_days import manifest_files
+from daedalus.storage.objects import ObjectPath, open_parquet
 from daedalus.store.table import EmbeddingTable
 
 # Rows per parquet row group of the enriched output (~46 MB of two 1152-d float16 columns).
 ROW_GROUP_ROWS = 10_000
 
 
-def skeleton_files(skeleton_root: Path, day: dt.date) -> list[Path]:
-    """The skeleton day's files in row order: `dt=` folder (manifest order), else flat file."""
+def skeleton_files(skeleton_root: Path | ObjectPath, day: dt.date) -> list[Path | ObjectPath]:
+    """The skeleton day's files in row order: `dt=` folder (manifest order), else flat file;
+    in object storage, the parts its committed manifest names."""
     folder = day_path(skeleton_root, day)
+    if isinstance(folder, ObjectPath):
+        return manifest_files(folder, read_manifest(folder) or {})
     if folder.is_dir():
         manifest = read_manifest(folder)
         if manifest and manifest.get("files"):
@@ -53,7 +58,7 @@ def check_skeleton(files: list[Path], plan: EnrichPlan) -> int:
     rows = 0
     produced = plan.produced
     for path in files:
-        meta = pq.ParquetFile(path)
+        meta = open_parquet(path)
         schema = meta.schema_arrow
         for name in plan.columns:
             if name not in produced and schema.get_field_index(name) < 0:
@@ -105,7 +110,7 @@ def skeleton_source(files: list[Path], columns: list[str], batch_rows: int):
 
     pieces = []
     for path in files:
-        meta = pq.ParquetFile(path).metadata
+        meta = open_parquet(path).metadata
         wanted = [i for i in range(meta.num_columns)
                   if meta.schema.column(i).path.split(".")[0] in columns]
         groups, rows, size = [], 0, 0
@@ -115,7 +120,7 @@ def skeleton_source(files: list[Path], columns: list[str], batch_rows: int):
             rows += group.num_rows
             size += sum(group.column(i).total_uncompressed_size for i in wanted)
             if rows >= batch_rows or g == meta.num_row_groups - 1:
-                pieces.append((str(path), tuple(groups), rows, size))
+                pieces.append((path, tuple(groups), rows, size))
                 groups, rows, size = [], 0, 0
 
     class SkeletonDay(Datasource):
@@ -128,7 +133,7 @@ def skeleton_source(files: list[Path], columns: list[str], batch_rows: int):
         def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                            data_context: Any = None) -> list:
             return [ReadTask(functools.partial(_read_piece, path, groups, columns, batch_rows),
-                             BlockMetadata(num_rows=rows, size_bytes=size, input_files=[path],
+                             BlockMetadata(num_rows=rows, size_bytes=size, input_files=[str(path)],
                                            exec_stats=None),
                              per_task_row_limit=per_task_row_limit)
                     for path, groups, rows, size in pieces]
@@ -136,14 +141,14 @@ def skeleton_source(files: list[Path], columns: list[str], batch_rows: int):
     return SkeletonDay(), len(pieces)
 
 
-def _read_piece(path: str, groups: tuple[int, ...], columns: list[str],
+def _read_piece(path: Path | ObjectPath, groups: tuple[int, ...], columns: list[str],
                 batch_rows: int) -> Iterator[pa.Table]:
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, row_groups=groups,
+    for batch in open_parquet(path).iter_batches(batch_size=batch_rows, row_groups=groups,
                                                    columns=columns):
         yield pa.Table.from_batches([batch])
 
 
-def parquet_sink(folder: Path, compression: str, plain: list[str],
+def parquet_sink(folder: Path | ObjectPath, compression: str, plain: list[str],
                  handoff: tuple[Any, str] | None = None):
     """The write side of the plan: each block the actors return (compact form) is expanded to
     the output's list<halffloat> columns and written as `part-<task>-<block>.parquet`,
@@ -176,7 +181,7 @@ def import_writer() -> None:
     parquet_sink(Path("."), "zstd", [])
 
 
-def write_part(table: pa.Table, path: Path, compression: str, plain: list[str],
+def write_part(table: pa.Table, path: Path | ObjectPath, compression: str, plain: list[str],
                tables: dict[str, EmbeddingTable] | None = None) -> int:
     """Write one compact block (`compact_table`'s form) as a parquet file of list<halffloat>
     columns, expanding and writing `ROW_GROUP_ROWS` rows at a time (`tables`: the shared
@@ -189,9 +194,22 @@ def write_part(table: pa.Table, path: Path, compression: str, plain: list[str],
     if table.num_rows == 0:
         return 0
     schema = expand_table(table.slice(0, 0), tables).schema
-    with pq.ParquetWriter(path, schema, compression=compression, use_dictionary=plain,
+    sink = path.open_output() if isinstance(path, ObjectPath) else path
+    with pq.ParquetWriter(sink, schema, compression=compression, use_dictionary=plain,
                           write_statistics=plain) as writer:
         for start in range(0, table.num_rows, ROW_GROUP_ROWS):
             writer.write_table(expand_table(table.slice(start, ROW_GROUP_ROWS), tables),
                                row_group_size=ROW_GROUP_ROWS)
+    if isinstance(path, ObjectPath):
+        sink.close()  # the upload completes here: the part exists only once it is whole
     return table.num_rows
+
+
+def written_parts(folder: Path | ObjectPath) -> list[tuple[str, int]]:
+    """(name, rows) of every part in a staging folder or run prefix, in row order."""
+    if isinstance(folder, ObjectPath):
+        paths = [i.path for i in folder.iter_objects() if i.path.name.endswith(".parquet")]
+    else:
+        paths = list(folder.glob("*.parquet"))
+    paths.sort(key=lambda p: natural_key(Path(p.name)))
+    return [(p.name, open_parquet(p).metadata.num_rows) for p in paths]

@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from daedalus.enrich.batch import needed_ids
 from daedalus.enrich.kernel import unique_ids
 from daedalus.enrich.plan import Enrichment, EnrichPlan
+from daedalus.storage.objects import open_parquet
 from daedalus.store.reader import StoreReader
 from daedalus.store.table import EmbeddingTable
 
@@ -36,7 +36,7 @@ def day_table(files: list[Path], enrichments: list[Enrichment], store: dict) -> 
     columns = sorted({e.input_column for e in enrichments})
     parts = [np.empty(0, np.int64)]
     for path in files:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=262_144, columns=columns):
+        for batch in open_parquet(path).iter_batches(batch_size=262_144, columns=columns):
             parts.append(needed_ids(pa.Table.from_batches([batch]), enrichments))
     return StoreReader(**store).table(unique_ids(np.concatenate(parts)))
 

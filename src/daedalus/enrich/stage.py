@@ -23,8 +23,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from daedalus.core.config import Config
 from daedalus.core.envelope import RayEnvelope
 from daedalus.core.errors import DaedalusError
@@ -35,10 +33,10 @@ from daedalus.enrich.batch import EnrichBatches
 from daedalus.enrich.io import (
     check_skeleton,
     configure_ray_data,
-    natural_key,
     parquet_sink,
     skeleton_files,
     skeleton_source,
+    written_parts,
 )
 from daedalus.enrich.plan import EnrichPlan
 from daedalus.enrich.preload import day_tables, preloading
@@ -66,6 +64,7 @@ from daedalus.layout.manifest import (
     write_empty_manifest,
     write_manifest,
 )
+from daedalus.storage.objects import ObjectPath
 from daedalus.store.build import ensure_store, store_version
 
 Progress = Callable[[str], None]
@@ -111,8 +110,8 @@ def run_enrich_stage(
     `runtime` is the caller's Ray (None: the stage's own, stopped when it returns).
     """
     plan, stores = prepared or prepare_enrich(pipeline, config, envelope, progress)
-    skeleton_root = Path(skeleton_root).resolve()
-    enriched_root = ensure_writable(Path(enriched_root), "enriched output root").resolve()
+    skeleton_root = _resolved(skeleton_root)
+    enriched_root = _resolved(ensure_writable(enriched_root, "enriched output root"))
     sweep_staging(enriched_root)
     versions = {s: store_version(Path(args["path"])) for s, args in stores.items()}
     with contextlib.ExitStack() as stack:
@@ -121,6 +120,10 @@ def run_enrich_stage(
         return [_run_day(plan, config, day, skeleton_root, enriched_root, stores, versions,
                          envelope, runtime, pipeline, progress)
                 for day in sorted(set(days))]
+
+
+def _resolved(root: Path | ObjectPath) -> Path | ObjectPath:
+    return root if isinstance(root, ObjectPath) else Path(root).resolve()
 
 
 def _run_day(plan: EnrichPlan, config: Config, day: dt.date, skeleton_root: Path,
@@ -192,7 +195,7 @@ def _enrich_day(plan: EnrichPlan, config: Config, day: dt.date, files: list[Path
         preload = contextlib.nullcontext(None)
 
     pool = envelope.actor_pool_size()
-    with staged_day(enriched_root, day) as staging, preload as handoff:
+    with staged_day(enriched_root, day, direct=True) as staging, preload as handoff:
         started = time.perf_counter()
         spec["handoff"] = handoff
         source, pieces = skeleton_source(files, plan.read_columns, config.runtime.enrich_batch_rows)
@@ -216,8 +219,8 @@ def _enrich_day(plan: EnrichPlan, config: Config, day: dt.date, files: list[Path
                               ray_remote_args={"num_cpus": WRITE_TASK_CPUS},
                               concurrency=write_concurrency(envelope))
         timings["ray"] = time.perf_counter() - started
-        parts = sorted((p.name for p in staging.glob("*.parquet")), key=lambda n: natural_key(Path(n)))
-        written = sum(pq.ParquetFile(staging / p).metadata.num_rows for p in parts)
+        listed = written_parts(staging)
+        parts, written = [name for name, _ in listed], sum(rows for _, rows in listed)
         if written != rows:
             raise DaedalusError(f"{plan.op.name}: wrote {written:,} rows for the {rows:,} rows of"
                                 f" skeleton day {day} (fix: rerun; if it persists, report it)")

@@ -35,6 +35,7 @@ from daedalus.layout.object_days import (
     present_object_days,
     publish_staged,
     retire_object_day,
+    run_folder,
     sweep_object_orphans,
 )
 from daedalus.storage.objects import ObjectPath
@@ -142,14 +143,27 @@ def sweep_staging(root: Path) -> None:
 
 
 @contextlib.contextmanager
-def staged_day(root: Path, day: dt.date) -> Iterator[Path]:
+def staged_day(root: Path | ObjectPath, day: dt.date,
+               direct: bool = False) -> Iterator[Path | ObjectPath]:
     """Yield an empty staging folder; on success publish it as the day, atomically.
 
     An existing day is exchanged with the new one in a single rename, so a reader sees
     the old day or the new one, never a mix or a gap. On failure the staging folder is removed.
     For an object-store root the staging folder is local scratch, published by
-    `object_days.publish_staged` (caller holds the day lock).
+    `object_days.publish_staged` (caller holds the day lock); with `direct`, it is a run-unique
+    prefix in the store itself (`ObjectPath`), for writers that write there (on any node).
     """
+    if isinstance(root, ObjectPath) and direct:
+        run = run_folder(root, day)
+        try:
+            yield run
+            publish_staged(root, day, run)
+        except BaseException:
+            with contextlib.suppress(DaedalusError):
+                for info in run.iter_objects():
+                    info.path.unlink()
+            raise
+        return
     if isinstance(root, ObjectPath):
         staging = Path(tempfile.mkdtemp(prefix=f"daedalus-{day_name(day)}-"))
         try:

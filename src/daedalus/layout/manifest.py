@@ -194,8 +194,13 @@ class Manifest:
     format: int = FORMAT
 
 
-def write_manifest(folder: Path, manifest: Manifest) -> Path:
+def write_manifest(folder: Path | ObjectPath, manifest: Manifest) -> Path | ObjectPath:
     """Write the manifest last, fsynced, inside the (staging) day folder."""
+    if isinstance(folder, ObjectPath):
+        data = asdict(manifest)
+        data["written_at"] = manifest.written_at or dt.datetime.now(dt.UTC).isoformat()
+        (folder / MANIFEST_NAME).write_text(json.dumps(data, indent=2, default=str))
+        return folder / MANIFEST_NAME
     return _write_json(Path(folder) / MANIFEST_NAME, manifest)
 
 

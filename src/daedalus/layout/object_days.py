@@ -211,17 +211,26 @@ def present_object_days(root: ObjectPath) -> set[dt.date]:
 # -- writing ------------------------------------------------------------------------------------
 
 
-def publish_staged(root: ObjectPath, day: dt.date, staging: Path,
+def run_folder(root: ObjectPath, day: dt.date) -> ObjectPath:
+    """A fresh run-unique prefix under the day, for parts written straight to the store."""
+    return root / day_name(day) / f"{RUN_PREFIX}{uuid.uuid4().hex[:12]}"
+
+
+def publish_staged(root: ObjectPath, day: dt.date, staging: Path | ObjectPath,
                    lease: DayLease | None = None) -> None:
-    """Steps 2-4 of the protocol for a day staged in the local folder `staging` (its parts
-    and its `_manifest.json`, whose `files` are names in `staging`)."""
+    """Steps 2-4 of the protocol for a staged day: `staging` holds the parts and a
+    `_manifest.json` whose `files` are names in it. A local folder is uploaded under a
+    run-unique prefix first; a `run_folder` (parts written there already) is committed as is."""
     folder = root / day_name(day)
-    manifest = json.loads((staging / MANIFEST_NAME).read_text())
-    run = f"{RUN_PREFIX}{uuid.uuid4().hex[:12]}"
-    names = []
-    for name in manifest["files"]:
-        (folder / run / name).upload(str(staging / name))
-        names.append(f"{run}/{name}")
+    if isinstance(staging, ObjectPath):
+        run = staging
+        manifest = json.loads((run / MANIFEST_NAME).read_bytes())
+    else:
+        run = run_folder(root, day)
+        manifest = json.loads((staging / MANIFEST_NAME).read_text())
+        for name in manifest["files"]:
+            (run / name).upload(str(staging / name))
+    names = [f"{run.name}/{name}" for name in manifest["files"]]
     crash_point("objects.before_commit")
     if lease is not None:
         lease.renew()  # a lock lost while uploading must not commit

@@ -118,6 +118,16 @@ class ObjectPath:
                     return
                 raise
 
+    def open_input(self):
+        """A seekable pyarrow file over the object (ranged reads: a parquet footer is cheap)."""
+        with self._errors():
+            return self.store.filesystem.open_input_file(self.arrow_path)
+
+    def open_output(self):
+        """A pyarrow output stream that becomes the object when closed (multipart upload)."""
+        with self._errors():
+            return self.store.filesystem.open_output_stream(self.arrow_path)
+
     def upload(self, local: str) -> None:
         """Copy a local file here (multipart where large)."""
         with self._errors():
@@ -174,3 +184,13 @@ class ObjectPath:
 
     def _errors(self):
         return s3_errors(str(self), self.store.settings)
+
+
+def open_parquet(path):
+    """`pq.ParquetFile` of a local path or an `ObjectPath` (read through pyarrow's S3 layer)."""
+    import pyarrow.parquet as pq
+
+    if isinstance(path, ObjectPath):
+        with s3_errors(str(path), path.store.settings):
+            return pq.ParquetFile(path.open_input())
+    return pq.ParquetFile(path)

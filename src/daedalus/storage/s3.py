@@ -56,6 +56,14 @@ class ObjectStore:
     def __repr__(self) -> str:
         return f"ObjectStore({self.settings.shown_endpoint})"
 
+    # Shipped to a Ray worker, a store carries no settings: the worker reads its own `AWS_*`
+    # variables (a local cluster's workers inherit the driver's), so no key is ever pickled.
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.settings = S3Settings.from_env()
+
     @cached_property
     def client(self):
         """boto3's S3 client: a few quick attempts, so a dead endpoint fails in seconds."""
