@@ -104,9 +104,31 @@ def same_content(s3_parts: dict[str, bytes], local: dict[str, bytes]) -> bool:
     return len(a) == len(b) and all(x.equals(y) for x, y in zip(a, b, strict=True))
 
 
-def test_days_in_object_storage_have_the_local_bytes_and_rerun_as_up_to_date(
+def upload_sources(s3_server, sources: Path) -> str:
+    """The demo sources copied to a fresh prefix of the bucket; returns its URI."""
+    prefix = f"t-{uuid.uuid4().hex[:8]}/sources"
+    c = client(s3_server)
+    for f in sorted(sources.rglob("*.parquet")):
+        c.upload_file(str(f), "daedalus", f"{prefix}/{f.relative_to(sources)}")
+    return f"s3://daedalus/{prefix}"
+
+
+def status_lines(project, sources: str | Path, root: str) -> list[str]:
+    result = subprocess.run([*DAEDA, "status", "dssm_ranking", *project.cli_flags(),
+                             "--output-root", root, "--from", DAYS[0], "--to", DAYS[-1]],
+                            cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "DAEDALUS_SOURCES_ROOT": str(sources)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    return [line for line in result.stdout.splitlines() if line.startswith("2026-")]
+
+
+def test_sources_and_days_in_object_storage_give_the_local_bytes_and_rerun_as_up_to_date(
         project, sources, s3_env, s3_server, local):
+    """Sources, skeleton and enriched days all in the bucket (the Lance store built locally
+    from the bucket's siglip2_vectors): the same days as from local disk to local disk."""
     root = bucket_root(s3_server)
+    s3_sources = upload_sources(s3_server, sources)
+    sources = s3_sources  # every run below reads the bucket's sources
     first = train(project, sources, root, "--ray-num-cpus", "2", stage="")
     assert f"→ {root}/dt={DAYS[0]}" in first.stdout + first.stderr
     assert f"→ {root}_enriched/dt={DAYS[0]}" in first.stdout + first.stderr
@@ -121,12 +143,30 @@ def test_days_in_object_storage_have_the_local_bytes_and_rerun_as_up_to_date(
     audits_read_the_committed_day(project, sources, root, local)
     again = train(project, sources, root, stage="")
     assert again.stdout.count("3 skipped") == 2, again.stdout
-    status = subprocess.run([*DAEDA, "status", "dssm_ranking", *project.cli_flags(),
-                             "--output-root", root, "--from", DAYS[0], "--to", DAYS[-1]],
-                            cwd=REPO, capture_output=True, text=True,
-                            env={**os.environ, "DAEDALUS_SOURCES_ROOT": str(sources)})
-    lines = [line for line in status.stdout.splitlines() if line.startswith("2026-")]
-    assert len(lines) == 6 and all(" complete " in line for line in lines), status.stdout
+    lines = status_lines(project, sources, root)
+    assert len(lines) == 6 and all(" complete " in line for line in lines), lines
+
+    # A source object re-uploaded with the same bytes changes nothing; other bytes (same rows,
+    # another compression) make exactly that skeleton day stale (a run then redoes its
+    # enriched day too, as on local disk).
+    import io
+
+    import pyarrow.parquet as pq
+
+    c = client(s3_server)
+    key = next(o["Key"] for o in c.list_objects_v2(Bucket="daedalus", Prefix=s3_sources[
+        len("s3://daedalus/"):] + f"/feed_impressions/dt={DAYS[1]}/")["Contents"])
+    original = c.get_object(Bucket="daedalus", Key=key)["Body"].read()
+    c.put_object(Bucket="daedalus", Key=key, Body=original)
+    assert all(" complete " in line for line in status_lines(project, sources, root))
+    changed = io.BytesIO()
+    pq.write_table(pq.read_table(io.BytesIO(original)), changed, compression="gzip")
+    c.put_object(Bucket="daedalus", Key=key, Body=changed.getvalue())
+    stale = [line.split()[:3] for line in status_lines(project, sources, root)
+             if " complete " not in line]
+    assert stale == [[DAYS[1], "skeleton", "stale"]]
+    c.put_object(Bucket="daedalus", Key=key, Body=original)
+    assert all(" complete " in line for line in status_lines(project, sources, root))
 
     before = set(keys(s3_server, root))
     train(project, sources, root, "--force")
@@ -220,17 +260,13 @@ def test_bad_object_storage_settings_are_one_line_errors_and_write_nothing(
         assert expected in lines[-1], (expected, result.stderr[-1000:])
         assert secret not in result.stdout + result.stderr
         assert s3_server.env()["AWS_SECRET_ACCESS_KEY"] not in result.stdout + result.stderr
-    not_yet = {  # what the object store does not take yet says so, before writing anything
-        "sources are read from local paths": (
-            lambda root: train(project, sources, root, check=False,
-                               env={"DAEDALUS_SOURCES_ROOT": "s3://daedalus/sources"})),
-    }
-    for expected, call in not_yet.items():
-        root = bucket_root(s3_server)
-        result = call(root)
-        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
-        assert expected in result.stderr.strip().splitlines()[-1], result.stderr[-1000:]
-        assert not keys(s3_server, root), "nothing written"
+    root = bucket_root(s3_server)  # a prefix with no sources under it
+    result = train(project, sources, root, check=False,
+                   env={"DAEDALUS_SOURCES_ROOT": "s3://daedalus/no-sources-here"})
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "s3://daedalus/no-sources-here/feed_impressions: no parquet files in any dt=" in \
+        result.stderr.strip().splitlines()[-1], result.stderr[-1000:]
+    assert not keys(s3_server, root), "nothing written"
     assert not [k for k in keys(s3_server, "s3://daedalus/") if "/dt=" in k and "t-" not in k]
     assert ACCESS_KEY  # the server's identity is the one the good runs used
 

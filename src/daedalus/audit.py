@@ -22,9 +22,10 @@ import pyarrow.parquet as pq
 
 from daedalus.core.config import Config, parse_duration
 from daedalus.core.registry import ARROW_TYPES, FeatureView, Registry, aggregation_spec
-from daedalus.layout.days import day_path, present_days
+from daedalus.layout.days import day_path
 from daedalus.layout.manifest import read_manifest
 from daedalus.layout.object_days import committed, manifest_files
+from daedalus.layout.sources import parquet_files, partition_days, sources_root
 from daedalus.storage.objects import ObjectPath, open_parquet
 
 AUDIT_BATCH_ROWS = 500_000  # output rows per audited batch: bounds the audit's memory
@@ -127,21 +128,25 @@ def _connect(config: Config) -> duckdb.DuckDBPyConnection:
 
 
 def source_files(config: Config, view: FeatureView, first: dt.date | None,
-                 last: dt.date) -> list[str]:
-    """The view's parquet files in `dt` partitions first..last (first None: from the start)."""
-    root = Path(config.base.sources_root) / view.source
-    days = sorted(d for d in present_days(root) if d <= last and (first is None or d >= first))
-    return [str(p) for d in days for p in sorted(day_path(root, d).glob("*.parquet"))]
+                 last: dt.date) -> list:
+    """The view's parquet files in `dt` partitions first..last (first None: from the start):
+    local paths, or object-store paths."""
+    root = sources_root(config) / view.source
+    days = [d for d in partition_days(root) if d <= last and (first is None or d >= first)]
+    return [p for d in days for p in parquet_files(day_path(root, d))]
 
 
 def _register_source(con: duckdb.DuckDBPyConnection, name: str, view: FeatureView,
                      files: list[str]) -> None:
     """A view's rows as table `name`; an empty typed table when no partition is present."""
     cols = [c.name for c in view.columns]
-    if files:
+    if files and isinstance(files[0], ObjectPath):
+        scan = _scan(con, tuple(files), cols, name=f"{name}_scan")
+        con.execute(f"CREATE TEMP TABLE {_q(name)} AS SELECT {', '.join(map(_q, cols))} FROM {scan}")
+    elif files:
         con.execute(f"CREATE TEMP TABLE {_q(name)} AS SELECT {', '.join(map(_q, cols))}"
                     " FROM read_parquet($files, hive_partitioning = false, union_by_name = true)",
-                    {"files": files})
+                    {"files": [str(f) for f in files]})
     else:
         schema = pa.schema([(c.name, ARROW_TYPES[c.dtype]) for c in view.columns])
         con.register(f"{name}_arrow", schema.empty_table())
@@ -158,9 +163,9 @@ def impression_count(config: Config, registry: Registry, service: str, day: dt.d
     ts = _q(view.timestamp_field)
     with _connect(config) as con:
         return con.execute(
-            f"SELECT count(*) FROM read_parquet($files, hive_partitioning = false)"
+            f"SELECT count(*) FROM {_scan(con, tuple(files), [view.timestamp_field])}"
             f" WHERE {ts} >= $start AND {ts} < $end",
-            {"files": files, "start": start, "end": start + dt.timedelta(days=1)}).fetchone()[0]
+            {"start": start, "end": start + dt.timedelta(days=1)}).fetchone()[0]
 
 
 def leakage_audit(config: Config, registry: Registry, service: str, day: dt.date, output_root: Path,

@@ -69,7 +69,7 @@ class BaseConfig(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="DAEDALUS_", extra="forbid", frozen=True)
 
-    sources_root: Path = Path("data/demo/sources")
+    sources_root: Path | str = Path("data/demo/sources")  # str: an `s3://` URI, as written
     store_root: Path = Path("data/store")
     embedding_dim: int = Field(1152, gt=0)
 
@@ -77,12 +77,8 @@ class BaseConfig(BaseSettings):
 
     @field_validator("sources_root", mode="before")
     @classmethod
-    def _local_only(cls, value: Any) -> Any:
-        """The stores are local by design (Lance's commit needs a rename): see store.build."""
-        if is_uri_text(value):
-            raise ValueError("sources are read from local paths for now; only output_root may"
-                             " be s3:// (copy the sources to local disk)")
-        return value
+    def _root(cls, value: Any) -> Path | str:
+        return value if is_uri_text(value) else Path(value)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings,

@@ -267,8 +267,11 @@ def output_columns(service: FeatureService, registry: Registry, config: Config) 
     return declared
 
 
-def check_source_schema(view: FeatureView, sources_root: Path) -> None:
-    """Compare a view's declared columns with its parquet files, when the source exists."""
+def check_source_schema(view: FeatureView, sources_root: Path | str) -> None:
+    """Compare a view's declared columns with its parquet files, when the (local) source
+    exists; an object-store source is checked file by file before a run (check_source_files)."""
+    if "://" in str(sources_root):
+        return
     folder = Path(sources_root) / view.source
     files = sorted(folder.glob("dt=*/*.parquet"))
     if files:
@@ -290,10 +293,12 @@ def check_source_files(view: FeatureView, files: list[Path]) -> None:
                                     " rows in the source)")
 
 
-def open_parquet(path: Path) -> pq.ParquetFile:
-    """The file's footer, or a one-line error naming a file that is not parquet."""
+def open_parquet(path) -> pq.ParquetFile:
+    """The file's footer, or a one-line error naming a file that is not parquet. `path`: a
+    local path, or an object-store path (anything with `open_input()`)."""
+    source = path.open_input() if hasattr(path, "open_input") else path  # its own errors
     try:
-        return pq.ParquetFile(path)
+        return pq.ParquetFile(source)
     except Exception as exc:  # noqa: BLE001 - any read failure is a corrupt file to the user
         raise DaedalusError(f"{path}: not a readable parquet file ({type(exc).__name__})"
                             " (fix: rewrite or remove the file)") from None

@@ -64,7 +64,7 @@ def _view_asset(view, partitions: dg.DailyPartitionsDefinition) -> dg.SourceAsse
                   "ttl": view.ttl or "none", "yaml": str(view.path)})
     def observe(context) -> dg.DataVersionsByPartition:
         config, _ = context.resources.cfg.project()
-        versions = source_partition_versions(config.base.sources_root, view.source)
+        versions = source_partition_versions(config, view.source)
         return dg.DataVersionsByPartition(
             {day: v for day, v in versions.items() if partitions.has_partition_key(day)})
 

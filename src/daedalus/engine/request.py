@@ -31,8 +31,8 @@ from daedalus.core.operators import OperatorPipeline
 from daedalus.core.registry import Registry, load_registry
 from daedalus.engine.pipeline import resolve_pipeline
 from daedalus.storage.objects import ObjectPath
-from daedalus.storage.s3 import ObjectStore, S3Settings
-from daedalus.storage.uri import Root, parse_root
+from daedalus.storage.s3 import ObjectStore, S3Settings, object_store
+from daedalus.storage.uri import Root, is_uri, parse_root
 
 Stage = Literal["skeleton", "enrich"]
 ALL_STAGES: tuple[Stage, ...] = ("skeleton", "enrich")
@@ -102,7 +102,7 @@ class RunRequest:
     def object_store(self) -> ObjectStore:
         """The object store's clients, made on first use (endpoint and keys: the `AWS_*`
         variables), shared by every root of this run."""
-        return ObjectStore(S3Settings.from_env())
+        return object_store(S3Settings.from_env())
 
     @property
     def final_root(self) -> Path:
@@ -154,7 +154,7 @@ def day_option(text: str | None, flag: str) -> dt.date | None:
 def _configured(options: RequestOptions) -> Config:
     config = load_config(options.base_config_path, options.runtime_config_path,
                          options.aggregation_config_path)
-    base = {k: Path(v) for k, v in (("sources_root", options.sources_root),
+    base = {k: v if is_uri(v) else Path(v) for k, v in (("sources_root", options.sources_root),
                                     ("store_root", options.store_root)) if v}
     if base:
         config = config.model_copy(update={"base": config.base.model_copy(update=base)})

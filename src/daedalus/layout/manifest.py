@@ -36,7 +36,9 @@ from daedalus.layout.object_days import (
     read_object_manifest,
     write_object_empty_manifest,
 )
+from daedalus.layout.sources import fingerprint_entries, partition_days, sources_root
 from daedalus.storage.objects import ObjectPath
+from daedalus.storage.uri import Root
 
 MANIFEST_NAME = "_manifest.json"
 FORMAT = 1
@@ -91,28 +93,25 @@ def content_digest(path: Path) -> str:
     return digest.hexdigest()[:32]
 
 
-def file_fingerprints(root: Path, folders: list[Path],
+def file_fingerprints(root: Root, folders: list[Root],
                       known: list[list[Any]] | None = None) -> list[list[Any]]:
-    """`fingerprint_files` of every parquet file under the folders, sorted."""
-    paths = [p for f in folders if f.is_dir() for p in sorted(f.glob("*.parquet"))]
-    return fingerprint_files(root, paths, known)
+    """[path relative to root, size, stamp, content digest] of every parquet file under the
+    folders, sorted (layout.sources: mtime and SHA-256 on disk, last-modified and ETag in
+    object storage). A file whose size and stamp match `known` keeps its digest unread."""
+    return fingerprint_entries(root, folders, known, fingerprint_files)
 
 
 def fingerprint_files(root: Path, paths: list[Path],
                       known: list[list[Any]] | None = None) -> list[list[Any]]:
-    """[path relative to root, size, mtime_ns, content digest] per file. A file whose path, size
-    and mtime match an entry of `known` (an earlier record) keeps that entry's digest unread."""
+    """`file_fingerprints` of given local files (the embedding store's source listing)."""
     recorded = {e[0]: e for e in known or [] if len(e) == 4}
     out = []
     for path in paths:
         st = path.stat()
         name = str(path.relative_to(root))
         seen = recorded.get(name)
-        if seen and seen[1] == st.st_size and seen[2] == st.st_mtime_ns:
-            digest = seen[3]
-        else:
-            digest = content_digest(path)
-        out.append([name, st.st_size, st.st_mtime_ns, digest])
+        same = seen and seen[1] == st.st_size and seen[2] == st.st_mtime_ns
+        out.append([name, st.st_size, st.st_mtime_ns, seen[3] if same else content_digest(path)])
     return out
 
 
@@ -132,10 +131,10 @@ def partition_versions(entries: list[list[Any]]) -> dict[str, str]:
     return {day: content_fingerprint(listed) for day, listed in sorted(by_day.items())}
 
 
-def source_partition_versions(sources_root: Path, source: str) -> dict[str, str]:
+def source_partition_versions(config: Config, source: str) -> dict[str, str]:
     """`partition_versions` of every `dt=` folder of one source, hashing every file."""
-    root = Path(sources_root)
-    folders = sorted((root / source).glob("dt=*"))
+    root = sources_root(config)
+    folders = [root / source / f"dt={d:%Y-%m-%d}" for d in partition_days(root / source)]
     return partition_versions(file_fingerprints(root, folders))
 
 
@@ -154,7 +153,7 @@ def skeleton_fingerprint(pipeline, config: Config, day: dt.date,
                          previous: Fingerprint | None = None) -> Fingerprint:
     """The skeleton day's fingerprint now; `previous` (the day's recorded one) spares hashing
     the files it saw unchanged."""
-    root = Path(config.base.sources_root)
+    root = sources_root(config)
     inputs = {}
     for op in pipeline.of_kind("Scan"):
         folders = [root / op.source / f"dt={d:%Y-%m-%d}" for d in scan_days(day, op.lookback)]
@@ -165,7 +164,7 @@ def skeleton_fingerprint(pipeline, config: Config, day: dt.date,
     shaping = {"output_columns": [c.model_dump(mode="json") for c in config.runtime.output_columns],
                "engine": config.runtime.compute.engine,
                "chunk_rows": config.runtime.skeleton_chunk_rows,
-               "sources_root": str(Path(config.base.sources_root).resolve())}
+               "sources_root": str(root if isinstance(root, ObjectPath) else root.resolve())}
     return Fingerprint(inputs=inputs, operators=operators, config=_digest(shaping))
 
 

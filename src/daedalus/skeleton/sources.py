@@ -18,22 +18,21 @@ from daedalus.core.config import Config
 from daedalus.core.errors import DaedalusError
 from daedalus.core.operators import Scan
 from daedalus.layout.manifest import scan_days
+from daedalus.layout.sources import first_parquet, local_copies, parquet_files, sources_root
+from daedalus.storage.objects import open_parquet
+from daedalus.storage.uri import Root
 
 
-def scan_files(config: Config, scan: Scan, day: dt.date) -> list[Path]:
+def scan_files(config: Config, scan: Scan, day: dt.date) -> list[Root]:
     """The parquet files `scan` reads for `day`: the day's dt partition and its lookback's."""
-    root = Path(config.base.sources_root) / scan.source
-    return [
-        f
-        for d in scan_days(day, scan.lookback)
-        for f in sorted((root / f"dt={d:%Y-%m-%d}").glob("*.parquet"))
-    ]
+    root = sources_root(config) / scan.source
+    return [f for d in scan_days(day, scan.lookback) for f in parquet_files(root / f"dt={d:%Y-%m-%d}")]
 
 
-def first_source_file(config: Config, scan: Scan) -> Path:
+def first_source_file(config: Config, scan: Scan) -> Root:
     """The first parquet file of any partition of the scan's source: it gives the column types."""
-    root = Path(config.base.sources_root) / scan.source
-    first = next(iter(sorted(root.glob("dt=*/*.parquet"))), None)
+    root = sources_root(config) / scan.source
+    first = first_parquet(root)
     if first is None:
         raise DaedalusError(
             f"{root}: no parquet files in any dt= partition of source {scan.source!r},"
@@ -44,13 +43,14 @@ def first_source_file(config: Config, scan: Scan) -> Path:
 
 
 def day_files(config: Config, scan: Scan, day: dt.date, work: Path) -> list[str]:
-    """What the scan binds for `day`: its files, or a zero-row stand-in written under `work`."""
-    files = [str(f) for f in scan_files(config, scan, day)]
+    """What the scan binds for `day`: its local files (object-store files copied under `work`
+    first), or a zero-row stand-in written under `work`."""
+    files = local_copies(scan_files(config, scan, day), work / scan.name)
     if files:
         return files
     target = work / f"empty_{scan.name}.parquet"
     if not target.exists():
-        schema = pq.read_schema(first_source_file(config, scan))
+        schema = open_parquet(first_source_file(config, scan)).schema_arrow
         pq.write_table(pa.Table.from_batches([], schema=schema), target)
     return [str(target)]
 
@@ -60,7 +60,7 @@ def unreadable_source(config: Config, scans: tuple[Scan, ...], day: dt.date) -> 
     for scan in scans:
         for path in scan_files(config, scan, day):
             try:
-                pq.read_table(path)
+                open_parquet(path).read()
             except Exception as exc:  # noqa: BLE001 - any decode failure is a corrupt file
                 detail = str(exc).splitlines()[0] if str(exc) else ""
                 return DaedalusError(

@@ -30,7 +30,7 @@ class ObjectInfo:
     modified: dt.datetime
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class ObjectPath:
     bucket: str
     key: str

@@ -13,6 +13,7 @@ parquet bytes. `s3_errors` turns either's failure into one line naming the URI a
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -93,6 +94,12 @@ class ObjectStore:
                                  endpoint_override=endpoint, scheme=scheme,
                                  connect_timeout=3, request_timeout=60,
                                  retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=3))
+
+
+@functools.lru_cache(maxsize=8)
+def object_store(settings: S3Settings) -> ObjectStore:
+    """The one `ObjectStore` per settings in this process: boto3 clients are slow to make."""
+    return ObjectStore(settings)
 
 
 # The error codes the fix depends on; anything else is reported with its code.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from daedalus.core.errors import DaedalusError
 from daedalus.storage.objects import SCHEME, ObjectPath
-from daedalus.storage.s3 import ObjectStore, S3Settings
+from daedalus.storage.s3 import ObjectStore, S3Settings, object_store
 
 Root = Path | ObjectPath
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
@@ -35,4 +35,4 @@ def parse_root(text: str | Path | ObjectPath, field: str,
     if len(bucket) < 3 or not re.fullmatch(r"[a-z0-9][a-z0-9.-]*[a-z0-9]", bucket):
         raise DaedalusError(f"{field}: {text!r}: {bucket!r} is not a bucket name (fix: 3-63"
                             " lowercase letters, digits, dots or hyphens, as in s3://bucket/prefix)")
-    return ObjectPath(bucket, key.strip("/"), store or ObjectStore(S3Settings.from_env()))
+    return ObjectPath(bucket, key.strip("/"), store or object_store(S3Settings.from_env()))

@@ -20,12 +20,21 @@ from daedalus.core.config import Config, EmbeddingStoreSpec
 from daedalus.core.errors import DaedalusError
 from daedalus.core.faults import crash_point
 from daedalus.core.registry import column_null_count, open_parquet
+from daedalus.layout.sources import mirror, sources_root
+from daedalus.storage.objects import ObjectPath
 
 
 def source_path(config: Config, spec: EmbeddingStoreSpec) -> Path:
-    """`source_parquet` is a source folder under `sources_root` unless it is absolute."""
+    """`source_parquet` is a source folder under `sources_root` unless it is absolute. Under an
+    object-store `sources_root` it is mirrored to `<store_root>/.sources/<folder>` first (only
+    changed objects are downloaded), and the store is built from that local copy."""
     path = Path(spec.source_parquet)
-    return path if path.is_absolute() else Path(config.base.sources_root) / path
+    if path.is_absolute():
+        return path
+    root = sources_root(config)
+    if isinstance(root, ObjectPath):
+        return mirror(root / str(path), Path(config.base.store_root) / ".sources" / path)
+    return root / path
 
 
 def source_files(source: Path) -> list[Path]:
