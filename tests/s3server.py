@@ -73,7 +73,8 @@ class SeaweedS3:
                f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer_grpc']}",
                "-s3", f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3_grpc']}",
                f"-s3.config={identities}", "-s3.autoCreateBucket=false",
-               "-s3.port.iceberg=0", "-s3.port.lance=0",
+               "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.electionTimeout=1s",
+               "-volume.preStopSeconds=0",
                "-master.volumeSizeLimitMB=1024", "-volume.max=0"]
         log = open(self.folder / "weed.log", "ab")  # noqa: SIM115 - lives as long as the server
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
