@@ -6,10 +6,11 @@ process on an empty output root, with the Lance store already built, so the two 
 same work. The object-storage side reads its sources from `s3://daedalus/bench/sources` (the
 day's files copied into the day's scratch), and writes both stages' days to `s3://…/out`.
 Reported: whole-process wall seconds, each stage's own seconds (from `--json`), and the ratio.
-Target (issue 19): the object-storage day within 1.3x of the local one. The bench also checks the two days equal: skeleton parts byte for byte, enriched parts by value.
+Target (issue 19): the object-storage day within 1.3x of the local one. The bench also checks
+the two days equal: skeleton parts byte for byte, enriched parts by value.
 
 The server is `weed server -s3` on 127.0.0.1 (tests/s3server.py), with its data under
-data/bench/seaweedfs; the upload of the sources (~1 GB, mostly siglip2_vectors) and the first
+data/bench/object_storage/seaweedfs; the upload of the sources (~1 GB, mostly siglip2_vectors) and the first
 mirror of the embedding source for the store are done once, before timing.
 
 Usage: uv run python bench/object_storage.py [--repeat N] [--ray-num-cpus 2]
