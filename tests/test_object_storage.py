@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from s3server import ACCESS_KEY
+from test_ray_cluster import two_nodes  # noqa: F401 - the two-node cluster fixture
 
 REPO = Path(__file__).resolve().parents[1]
 DAYS = ("2026-02-01", "2026-02-02", "2026-02-03")  # runtime.yaml's feed
@@ -301,3 +302,29 @@ def test_the_server_killed_while_a_day_is_written_then_restarted_and_rerun(
         train(project, sources, root, "--force")
         for day in DAYS:
             assert same_bytes(committed_parts(server, root, day)[1], local_parts(local, day))
+
+
+@pytest.mark.slow
+def test_enrich_on_a_two_node_cluster_writes_the_local_day_into_the_bucket(
+        project, sources, s3_env, s3_server, local, two_nodes):  # noqa: F811
+    """The enrich stage on a head (no CPUs) plus a joined node (2 CPUs): every part is written
+    by a task on the joined node straight into the bucket, and the day equals the local run's.
+    Nothing is written to any local disk the driver could read back: the store is the only
+    thing the nodes share with it."""
+    import pyarrow.parquet as pq
+
+    from daedalus.enrich.batch import PROVENANCE_KEY
+
+    root = bucket_root(s3_server)
+    train(project, sources, root)  # the skeleton days, from this machine
+    enriched = train(project, sources, root, "--ray-address", two_nodes(), "--num-workers", "2",
+                     "--target-date", DAYS[0], stage="--enrich-only")
+    assert "enrich 2026-02-01: wrote" in enriched.stdout + enriched.stderr, enriched.stderr[-2000:]
+    manifest, parts = committed_parts(s3_server, f"{root}_enriched", DAYS[0])
+    assert same_content(parts, local_parts(Path(f"{local}_enriched"), DAYS[0]))
+    import io
+
+    nodes = {json.loads(pq.read_schema(io.BytesIO(b)).metadata[PROVENANCE_KEY])["node_id"]
+             for b in parts.values()}
+    assert len(nodes) == 1 and all(n for n in nodes), nodes  # the joined node: the head has no CPU
+    assert not list(project.root.parent.rglob("*_enriched/**/*.parquet"))
