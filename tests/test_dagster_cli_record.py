@@ -113,3 +113,19 @@ def test_cli_days_are_materializations_and_dagster_days_are_up_to_date(tmp_path,
     assert evaluation.get_requested_partitions(TRAINING) == {DAGSTER_DAY}
     part.write_bytes(original)  # byte-identical again (a new mtime)
     assert stale() == {d: ("FRESH", "complete") for d in days}
+
+
+def test_runs_that_open_a_fresh_dagster_home_at_once_all_open_it(tmp_path):
+    """Two CLI runs recording into a new `$DAGSTER_HOME` at the same moment: without one opener
+    at a time, both create the SQLite schema and one dies with a traceback."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home")}
+    code = ("from daedalus.defs.agent import project_instance\n"
+            "with project_instance() as instance: print(instance.get_ref() is not None)")
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outcomes = [(p.wait(), p.stderr.read()) for p in procs]
+    assert all(rc == 0 for rc, _ in outcomes), [err[-500:] for rc, err in outcomes if rc]

@@ -7,6 +7,7 @@ serves), so it shows in the UI with its metadata and check results.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import sys
 from collections.abc import Callable
@@ -28,9 +29,17 @@ def project_instance() -> dg.DagsterInstance:
     """The persistent instance at `$DAGSTER_HOME`, else `./.dagster_home` (created if missing)."""
     home = Path(os.environ.get("DAGSTER_HOME") or PROJECT_DAGSTER_HOME).resolve()
     home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():
-        (home / "dagster.yaml").write_text(DEFAULT_INSTANCE_YAML)
-    return dg.DagsterInstance.from_config(str(home))
+    # Opening an instance creates its SQLite storage on first use; two runs doing that at once
+    # (two `daeda pipeline train` of different days) both stamp the schema and one fails. One
+    # opener at a time, per home; an existing instance opens in milliseconds.
+    fd = os.open(home / ".daedalus-open.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if not (home / "dagster.yaml").exists():
+            (home / "dagster.yaml").write_text(DEFAULT_INSTANCE_YAML)
+        return dg.DagsterInstance.from_config(str(home))
+    finally:
+        os.close(fd)
 
 
 def _partition_key(date: str) -> str:
