@@ -65,7 +65,7 @@ def main() -> None:
     work.mkdir(parents=True)
     base = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with SeaweedS3(work / "seaweedfs") as server:
-        client = server._client()
+        client = server.client()
         started = time.perf_counter()
         for f in sorted(SOURCES.rglob("*.parquet")):
             client.upload_file(str(f), "daedalus", f"bench/sources/{f.relative_to(SOURCES)}")

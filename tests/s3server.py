@@ -82,7 +82,7 @@ class SeaweedS3:
         self._wait_ready()
         return self
 
-    def _client(self):
+    def client(self):
         import boto3
         from botocore.config import Config
 
@@ -97,7 +97,7 @@ class SeaweedS3:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"weed exited ({self.proc.returncode}); see {self.folder}/weed.log")
             try:
-                client = self._client()
+                client = self.client()
                 have = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
                 for bucket in self.buckets:
                     if bucket not in have:

@@ -60,7 +60,7 @@ def bucket_root(s3_server) -> str:
 
 
 def client(s3_server):
-    return s3_server._client()
+    return s3_server.client()
 
 
 def committed_parts(s3_server, root: str, day: str) -> tuple[dict, dict[str, bytes]]:

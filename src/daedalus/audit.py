@@ -69,18 +69,18 @@ def written_day(root: Path | ObjectPath, day: dt.date) -> WrittenDay:
 
 
 def _scan(con: duckdb.DuckDBPyConnection, files: tuple, columns: list[str],
-          name: str = "written") -> str:
-    """The day's files as a DuckDB relation: `read_parquet` of local files; in object storage,
-    a pyarrow dataset over S3 of just `columns`, streamed into DuckDB as `name`."""
+          name: str = "written") -> tuple[str, dict]:
+    """The files as a DuckDB relation and its parameters: `read_parquet($files)` of local
+    files; in object storage, a pyarrow dataset over S3 of just `columns`, streamed into
+    DuckDB as `name`."""
     if files and isinstance(files[0], ObjectPath):
         import pyarrow.dataset as ds
 
         dataset = ds.dataset([f.arrow_path for f in files], format="parquet",
                              filesystem=files[0].store.filesystem)
         con.register(name, dataset.scanner(columns=columns).to_reader())
-        return name
-    listed = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
-    return f"read_parquet([{listed}], hive_partitioning = false)"
+        return name, {}
+    return "read_parquet($files, hive_partitioning = false)", {"files": [str(f) for f in files]}
 
 
 @dataclass(frozen=True)
@@ -141,8 +141,9 @@ def _register_source(con: duckdb.DuckDBPyConnection, name: str, view: FeatureVie
     """A view's rows as table `name`; an empty typed table when no partition is present."""
     cols = [c.name for c in view.columns]
     if files and isinstance(files[0], ObjectPath):
-        scan = _scan(con, tuple(files), cols, name=f"{name}_scan")
-        con.execute(f"CREATE TEMP TABLE {_q(name)} AS SELECT {', '.join(map(_q, cols))} FROM {scan}")
+        scan, params = _scan(con, tuple(files), cols, name=f"{name}_scan")
+        con.execute(f"CREATE TEMP TABLE {_q(name)} AS SELECT {', '.join(map(_q, cols))}"
+                    f" FROM {scan}", params)
     elif files:
         con.execute(f"CREATE TEMP TABLE {_q(name)} AS SELECT {', '.join(map(_q, cols))}"
                     " FROM read_parquet($files, hive_partitioning = false, union_by_name = true)",
@@ -162,10 +163,10 @@ def impression_count(config: Config, registry: Registry, service: str, day: dt.d
     start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
     ts = _q(view.timestamp_field)
     with _connect(config) as con:
+        scan, params = _scan(con, tuple(files), [view.timestamp_field])
         return con.execute(
-            f"SELECT count(*) FROM {_scan(con, tuple(files), [view.timestamp_field])}"
-            f" WHERE {ts} >= $start AND {ts} < $end",
-            {"start": start, "end": start + dt.timedelta(days=1)}).fetchone()[0]
+            f"SELECT count(*) FROM {scan} WHERE {ts} >= $start AND {ts} < $end",
+            {**params, "start": start, "end": start + dt.timedelta(days=1)}).fetchone()[0]
 
 
 def leakage_audit(config: Config, registry: Registry, service: str, day: dt.date, output_root: Path,
@@ -266,9 +267,10 @@ def _sample(con: duckdb.DuckDBPyConnection, files: tuple[Path, ...], cols: list[
             rows: int) -> Iterator[int]:
     """Fill table `audited` with a repeatable reservoir sample of `rows` rows (`rid` numbers
     the sample)."""
+    scan, params = _scan(con, files, cols)
     con.execute(f"CREATE OR REPLACE TEMP TABLE audited AS SELECT row_number() OVER () AS rid, *"
-                f" FROM (SELECT {', '.join(map(_q, cols))} FROM {_scan(con, files, cols)}"
-                f" USING SAMPLE reservoir({rows} ROWS) REPEATABLE (7))")
+                f" FROM (SELECT {', '.join(map(_q, cols))} FROM {scan}"
+                f" USING SAMPLE reservoir({rows} ROWS) REPEATABLE (7))", params)
     yield rows
 
 
@@ -406,7 +408,7 @@ def embedding_coverage(config: Config, root: Path, day: dt.date,
     else:
         counts = ", ".join(f"count({_q(c)})" for c in present)
         with _connect(config) as con:
-            row = con.execute(f"SELECT {counts} FROM {_scan(con, written.files, present)}"
-                              ).fetchone()
+            scan, params = _scan(con, written.files, present)
+            row = con.execute(f"SELECT {counts} FROM {scan}", params).fetchone()
     out.update({c: n / written.rows for c, n in zip(present, row, strict=True)})
     return out

@@ -9,7 +9,6 @@ edit wins over a fresh compile), picks the days and sizes the Ray envelope.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,6 @@ from daedalus.core.operators import OperatorPipeline
 from daedalus.core.registry import Registry, load_registry
 from daedalus.engine.pipeline import resolve_pipeline
 from daedalus.storage.objects import ObjectPath
-from daedalus.storage.s3 import ObjectStore, S3Settings, object_store
 from daedalus.storage.uri import Root, is_uri, parse_root
 
 Stage = Literal["skeleton", "enrich"]
@@ -91,18 +89,12 @@ class RunRequest:
     def skeleton_root(self) -> Root:
         """Absolute, so every path a run prints or records reads the same from anywhere; an
         `ObjectPath` for an `s3://` root."""
-        root = parse_root(self.config.runtime.output_root, "output_root", self.object_store)
+        root = parse_root(self.config.runtime.output_root, "output_root")
         return root.resolve() if isinstance(root, Path) else root
 
     @property
     def enriched_root(self) -> Root:
         return enriched_root_for(self.skeleton_root)
-
-    @functools.cached_property
-    def object_store(self) -> ObjectStore:
-        """The object store's clients, made on first use (endpoint and keys: the `AWS_*`
-        variables), shared by every root of this run."""
-        return object_store(S3Settings.from_env())
 
     @property
     def final_root(self) -> Path:

@@ -205,7 +205,7 @@ def retire_day(root: Path, day: dt.date) -> Path | None:
     writer of the day, or `sweep_staging`, removes.
     """
     if isinstance(root, ObjectPath):
-        return retire_object_day(root, day, None)
+        return retire_object_day(root, day)
     root = Path(root)
     final = day_path(root, day)
     if not final.is_dir():

@@ -31,11 +31,7 @@ from typing import Any
 from daedalus import __version__
 from daedalus.core.config import Config, parse_duration
 from daedalus.layout.days import MANIFESTS_DIR, day_name, day_path
-from daedalus.layout.object_days import (
-    committed,
-    read_object_manifest,
-    write_object_empty_manifest,
-)
+from daedalus.layout.object_days import committed, read_object_manifest
 from daedalus.layout.sources import fingerprint_entries, partition_days, sources_root
 from daedalus.storage.objects import ObjectPath
 from daedalus.storage.uri import Root
@@ -195,17 +191,18 @@ class Manifest:
 
 def write_manifest(folder: Path | ObjectPath, manifest: Manifest) -> Path | ObjectPath:
     """Write the manifest last, fsynced, inside the (staging) day folder."""
-    if isinstance(folder, ObjectPath):
-        data = asdict(manifest)
-        data["written_at"] = manifest.written_at or dt.datetime.now(dt.UTC).isoformat()
-        (folder / MANIFEST_NAME).write_text(json.dumps(data, indent=2, default=str))
-        return folder / MANIFEST_NAME
-    return _write_json(Path(folder) / MANIFEST_NAME, manifest)
+    folder = folder if isinstance(folder, ObjectPath) else Path(folder)
+    return _write_json(folder / MANIFEST_NAME, manifest)
 
 
-def _write_json(path: Path, manifest: Manifest) -> Path:
+def _write_json(path: Path | ObjectPath, manifest: Manifest) -> Path | ObjectPath:
+    """The manifest as JSON at `path`: a local file replaced whole (temp file, fsync, rename),
+    or an object put whole in one request."""
     data = asdict(manifest)
     data["written_at"] = manifest.written_at or dt.datetime.now(dt.UTC).isoformat()
+    if isinstance(path, ObjectPath):
+        path.write_text(json.dumps(data, indent=2, default=str))
+        return path
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w") as fh:
         json.dump(data, fh, indent=2, default=str)
@@ -226,10 +223,7 @@ def write_empty_manifest(root: Path, day: dt.date, manifest: Manifest) -> Path:
     if manifest.rows != 0 or manifest.files:
         raise ValueError(f"{day}: an empty-day manifest has no rows and no files")
     if isinstance(root, ObjectPath):
-        data = asdict(manifest)
-        data["written_at"] = manifest.written_at or dt.datetime.now(dt.UTC).isoformat()
-        write_object_empty_manifest(root, day, data)
-        return root / MANIFESTS_DIR / f"{day_name(day)}.json"
+        return _write_json(root / MANIFESTS_DIR / f"{day_name(day)}.json", manifest)
     path = empty_manifest_path(day_path(root, day))
     path.parent.mkdir(parents=True, exist_ok=True)
     for leftover in path.parent.glob(f"{path.name}.*.tmp"):  # a killed run's

@@ -2,7 +2,8 @@
 a rename.
 
 The commit protocol (docs/object-storage.md):
-1. A run stages the day on local disk as it does for a local root (`staged_object_day`).
+1. A run stages the day (`days.staged_day`): on local disk as for a local root, or, for
+   writers that write into the store, under the run-unique prefix itself.
 2. It uploads the parts under a run-unique prefix, `dt=D/r-<run>/part-*.parquet`. Nothing
    names them yet, so no reader of ours sees them.
 3. It puts `dt=D/_manifest.json`, listing exactly those parts. This single PUT is the commit:
@@ -187,7 +188,7 @@ def read_object_manifest(folder: ObjectPath) -> dict | None:
 
 def committed(folder: ObjectPath) -> bool:
     """Whether the day has a committed manifest (its "folder exists")."""
-    return folder.__truediv__(MANIFEST_NAME).is_file()
+    return (folder / MANIFEST_NAME).is_file()
 
 
 def _read_json(path: ObjectPath) -> dict | None:
@@ -216,8 +217,7 @@ def run_folder(root: ObjectPath, day: dt.date) -> ObjectPath:
     return root / day_name(day) / f"{RUN_PREFIX}{uuid.uuid4().hex[:12]}"
 
 
-def publish_staged(root: ObjectPath, day: dt.date, staging: Path | ObjectPath,
-                   lease: DayLease | None = None) -> None:
+def publish_staged(root: ObjectPath, day: dt.date, staging: Path | ObjectPath) -> None:
     """Steps 2-4 of the protocol for a staged day: `staging` holds the parts and a
     `_manifest.json` whose `files` are names in it. A local folder is uploaded under a
     run-unique prefix first; a `run_folder` (parts written there already) is committed as is."""
@@ -232,18 +232,12 @@ def publish_staged(root: ObjectPath, day: dt.date, staging: Path | ObjectPath,
             (run / name).upload(str(staging / name))
     names = [f"{run.name}/{name}" for name in manifest["files"]]
     crash_point("objects.before_commit")
-    if lease is not None:
-        lease.renew()  # a lock lost while uploading must not commit
-    else:
-        _check_still_ours(root / LOCK_DIR / f"{day_name(day)}.lock", folder)
+    _check_still_ours(root / LOCK_DIR / f"{day_name(day)}.lock", folder)  # a lost lock: no commit
     committed_manifest = {**manifest, "files": names}
     (folder / MANIFEST_NAME).write_text(json.dumps(committed_manifest, indent=2, default=str))
     crash_point("objects.after_commit")
     (root / MANIFESTS_DIR / f"{day_name(day)}.json").unlink()
-    keep = {str(folder / n) for n in names} | {str(folder / MANIFEST_NAME)}
-    for info in folder.iter_objects():
-        if str(info.path) not in keep:
-            info.path.unlink()
+    _delete_unnamed(folder, [folder / n for n in names])
 
 
 def _check_still_ours(lock: ObjectPath, folder: ObjectPath) -> None:
@@ -255,34 +249,27 @@ def _check_still_ours(lock: ObjectPath, folder: ObjectPath) -> None:
                             " when the other run is done)")
 
 
-def retire_object_day(root: ObjectPath, day: dt.date, empty_manifest: dict | None) -> ObjectPath | None:
-    """Take a committed day out of sight: the 0-row sidecar first (when given), then the
-    manifest (the commit), then the parts. Returns the day's path if it had one."""
+def retire_object_day(root: ObjectPath, day: dt.date) -> ObjectPath | None:
+    """Take a committed day out of sight: its manifest first (the commit), then its parts.
+    Returns the day's path if it had one; the caller writes the 0-row sidecar after."""
     folder = root / day_name(day)
-    had = committed(folder)
-    if empty_manifest is not None:
-        write_object_empty_manifest(root, day, empty_manifest)
-    if not had:
+    if not committed(folder):
         return None
     (folder / MANIFEST_NAME).unlink()
     crash_point("objects.after_retire")
-    for info in folder.iter_objects():
-        info.path.unlink()
+    _delete_unnamed(folder, [])
     return folder
-
-
-def write_object_empty_manifest(root: ObjectPath, day: dt.date, manifest: dict) -> None:
-    if manifest.get("rows") != 0 or manifest.get("files"):
-        raise ValueError(f"{day}: an empty-day manifest has no rows and no files")
-    (root / MANIFESTS_DIR / f"{day_name(day)}.json").write_text(
-        json.dumps(manifest, indent=2, default=str))
 
 
 def sweep_object_orphans(root: ObjectPath, day: dt.date) -> None:
     """Delete keys under the day that its manifest does not name (caller holds the lock)."""
     folder = root / day_name(day)
-    manifest = _read_json(folder / MANIFEST_NAME)
-    keep = {str(p) for p in manifest_files(folder, manifest or {})} | {str(folder / MANIFEST_NAME)}
+    _delete_unnamed(folder, manifest_files(folder, _read_json(folder / MANIFEST_NAME) or {}))
+
+
+def _delete_unnamed(folder: ObjectPath, named: list[ObjectPath]) -> None:
+    """Delete every key under the day but `named` and its committed manifest."""
+    keep = {str(p) for p in named} | {str(folder / MANIFEST_NAME)}
     for info in folder.iter_objects():
         if str(info.path) not in keep:
             info.path.unlink()
