@@ -6,7 +6,7 @@ UVBOOT := .uvboot
 DEMO_ROOT ?= data/demo/sources
 export DAEDALUS_SOURCES_ROOT ?= $(DEMO_ROOT)
 
-.PHONY: install demo test test-fast lint bench dev clean
+.PHONY: install browser demo test test-fast lint bench dev clean
 
 install: .venv/.synced
 
@@ -29,6 +29,21 @@ install: .venv/.synced
 	  uv="$(UVBOOT)/bin/uv"; fi; \
 	"$$uv" sync --frozen --python 3.11 --compile-bytecode
 	@touch .venv/.synced
+
+# Chromium for the UI test (tests/test_dagster_ui.py skips, saying why, without one): one on
+# PATH, else Playwright's own build, else Debian's package through apt (as root).
+browser: install
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then \
+	  echo "Chromium: $$(command -v chromium || command -v chromium-browser)"; \
+	elif .venv/bin/playwright install chromium >/dev/null 2>&1; then \
+	  echo "Chromium: Playwright's own build"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  { apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; } && \
+	  echo "Chromium: Debian's package, $$(command -v chromium)"; \
+	else \
+	  echo "error: could not install Chromium (fix: install it, e.g. sudo apt-get install chromium," \
+	    "or set DAEDALUS_CHROMIUM to a Chromium binary)" >&2; exit 1; fi
 
 demo: install
 	.venv/bin/daeda demo-data --root $(DEMO_ROOT)

@@ -8,16 +8,12 @@ and the server stops cleanly.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+from dagster_dev import ASSETS_QUERY, dagster_dev, graphql
 
 from daedalus.core.errors import DaedalusError
 from daedalus.defs import DaedalusConfig, build_defs
@@ -259,71 +256,6 @@ def test_materialize_day_cli_prints_the_summary_and_records_the_run(demo):
 # dagster dev
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _graphql(port: int, query: str, variables: dict | None = None) -> dict:
-    body = json.dumps({"query": query, "variables": variables or {}}).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=body,
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        data = json.load(resp)
-    assert "errors" not in data, data["errors"]
-    return data["data"]
-
-
-def _reset_signals() -> None:
-    # pytest may run with SIGINT/SIGTERM ignored (backgrounded); dagster dev must see them.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-ASSETS_QUERY = """
-{ assetNodes { assetKey { path } groupName kinds isPartitioned partitionKeys
-               dependencyKeys { path } repository { location { name } } } }
-"""
-
-
-@dataclass
-class DevServer:
-    process: subprocess.Popen
-    port: int
-    log: Path
-    leftovers: tuple[int, ...] | list[int] = ()
-
-    def query(self, query: str, variables: dict | None = None) -> dict:
-        return _graphql(self.port, query, variables)
-
-    def stop(self, timeout: float = 60) -> int:
-        """SIGTERM dagster dev and wait; anything of its group still alive after is SIGKILLed."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=timeout)
-        finally:
-            deadline = time.monotonic() + 15
-            while _group_members(self.process.pid) and time.monotonic() < deadline:
-                time.sleep(0.5)
-            self.leftovers = _group_members(self.process.pid)
-            for pid in self.leftovers:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-
-
-def _group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes in a process group, from /proc."""
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                members.append(int(stat.parent.name))
-    return members
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, demo_data) -> DemoProject:
     return _make_project(tmp_path_factory.mktemp("dev") / "project", *demo_data)
@@ -331,32 +263,9 @@ def served(tmp_path_factory, demo_data) -> DemoProject:
 
 @pytest.fixture(scope="module")
 def dev_server(served):
-    """One `dagster dev` for the module: starting it costs ~20 s on 2 cores."""
-    demo = served
-    port = _free_port()
-    log = demo.root / "dagster_dev.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [str(REPO / ".venv/bin/dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1",
-             "-p", str(port)],
-            cwd=demo.root, env=demo.env(), stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=_reset_signals)
-    server = DevServer(process=process, port=port, log=log)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, log.read_text()[-3000:]
-            try:
-                nodes = server.query(ASSETS_QUERY)["assetNodes"]
-                if any(n["assetKey"]["path"] == ["dssm_ranking_training"] for n in nodes):
-                    break
-            except (OSError, AssertionError):
-                pass
-            assert time.monotonic() < deadline, "dagster dev did not serve the code location"
-            time.sleep(1)
+    """One `dagster dev` for the module."""
+    with dagster_dev(served.root, served.env(), "dssm_ranking_training") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.mark.slow
@@ -431,7 +340,7 @@ def test_three_day_backfill_launched_over_graphql_completes_then_the_server_stop
 
     assert dev_server.stop() == 0 and not dev_server.leftovers
     with pytest.raises(OSError):
-        _graphql(dev_server.port, "{ version }")
+        graphql(dev_server.port, "{ version }")
     instance = dg.DagsterInstance.from_config(str(demo.home))
     assert instance.get_materialized_partitions(TRAINING) == set(DAYS)
     for run in runs:
