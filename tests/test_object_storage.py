@@ -328,3 +328,51 @@ def test_enrich_on_a_two_node_cluster_writes_the_local_day_into_the_bucket(
              for b in parts.values()}
     assert len(nodes) == 1 and all(n for n in nodes), nodes  # the joined node: the head has no CPU
     assert not list(project.root.parent.rglob("*_enriched/**/*.parquet"))
+
+
+def test_planted_edge_cases_through_both_stages_in_the_bucket_match_the_brute_force(
+        project, s3_env, s3_server, tmp_path):
+    """The skeleton's planted edge cases (equal timestamps, TTL and window boundaries, midnight,
+    no history, the like cap, an empty day) and a planted store (ids re-embedded, ids never
+    embedded), with sources and both outputs in the bucket: every column equals the brute
+    force, read from the committed days as our readers read them."""
+    import io
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from reference import assert_same_rows, reference_days
+    from test_enrich import assert_matches_reference, write_vectors
+    from test_skeleton import D1, D2, D3, planted_sources
+
+    sources = tmp_path / "planted_sources"
+    planted_sources(sources)
+    rng = np.random.default_rng(7)
+    embedded = [100, 101, 3, 5, 900, 901, 904, 905, *range(500, 530)]  # 102, 103, 9, ... never
+    first = (rng.standard_normal((len(embedded), 1152)) * 0.05).astype(np.float16)
+    again = (rng.standard_normal((2, 1152)) * 0.05).astype(np.float16)
+    write_vectors(sources, "2026-03-01", embedded, first)
+    write_vectors(sources, "2026-03-05", [101, 500], again)  # the later embedding wins
+    store = dict(zip(embedded, first, strict=True)) | {101: again[0], 500: again[1]}
+    project.edit(project.runtime, "feed_start: 2026-02-01", f"feed_start: {D1}")
+    project.edit(project.runtime, "feed_end: 2026-02-03", f"feed_end: {D3}")
+    project.edit(project.runtime, "enrich_batch_rows: 50000", "enrich_batch_rows: 8")
+
+    root = bucket_root(s3_server)
+    result = train(project, upload_sources(s3_server, sources), root, "--ray-num-cpus", "2",
+                   stage="")
+    assert "2 written, 0 skipped, 1 empty" in result.stdout, result.stdout
+    expected, qids = reference_days(sources, [D1, D2, D3])
+    for day in (D1, D2):
+        _, parts = committed_parts(s3_server, root, day.isoformat())
+        skeleton = pa.concat_tables(pq.read_table(io.BytesIO(b)) for b in parts.values())
+        assert_same_rows(skeleton.to_pylist(), expected[day], f"s3 dt={day}")
+        _, parts = committed_parts(s3_server, f"{root}_enriched", day.isoformat())
+        enriched = pa.concat_tables(pq.read_table(io.BytesIO(b)) for b in parts.values())
+        assert_matches_reference(enriched.replace_schema_metadata(None),
+                                 skeleton.replace_schema_metadata(None), store)
+    assert not [k for k in keys(s3_server, root) if f"/dt={D3}/" in k]  # an empty day: no parts
+    prefix = root.removeprefix("s3://daedalus/")
+    qid_map = pq.read_table(io.BytesIO(client(s3_server).get_object(
+        Bucket="daedalus", Key=f"{prefix}/qid_map.parquet")["Body"].read())).to_pylist()
+    assert {r["feed_session"]: r["qid"] for r in qid_map} == qids
