@@ -110,3 +110,42 @@ def test_top_level_must_be_mapping(project):
     project.runtime.write_text("- a\n- b\n")
     with pytest.raises(DaedalusError, match="expected a mapping at the top level"):
         project.load()
+
+
+def test_object_storage_settings_layer_over_the_aws_variables(project, monkeypatch, capsys):
+    """base.yaml names the server; the caller's (the Dagster resource's) fields win over it;
+    the `AWS_*` variables fill what neither sets; keys never come from a file, and come as a
+    pair. The secret is in no repr."""
+    from daedalus.engine.request import RequestOptions, build_request
+    from daedalus.storage.s3 import S3Settings
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://env-host:1")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "env-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret-value")
+    text = project.base.read_text()
+    project.base.write_text(text + "object_storage:\n  endpoint_url: http://file-host:2\n")
+    options = dict(service="dssm_ranking", base_config_path=str(project.base),
+                   runtime_config_path=str(project.runtime),
+                   aggregation_config_path=str(project.aggregations),
+                   feature_views_dir=str(project.views), feature_services_dir=str(project.services),
+                   pipelines_dir=str(project.pipelines))
+    settings = S3Settings.resolve(build_request(RequestOptions(**options)).config.base.object_storage)
+    assert (settings.endpoint_url, settings.region, settings.access_key_id,
+            settings.secret_access_key) == ("http://file-host:2", "eu-west-1", "env-key",
+                                            "env-secret-value")
+    request = build_request(RequestOptions(**options, s3_endpoint_url="http://resource-host:3",
+                                           s3_access_key_id="rk",
+                                           s3_secret_access_key="resource-secret-value"))
+    settings = S3Settings.resolve(request.config.base.object_storage)
+    assert (settings.endpoint_url, settings.access_key_id, settings.secret_access_key) == (
+        "http://resource-host:3", "rk", "resource-secret-value")
+    assert "resource-secret-value" not in repr(request) + repr(settings)
+    with pytest.raises(DaedalusError, match=r"s3_secret_access_key: the object store's keys come"):
+        build_request(RequestOptions(**options, s3_access_key_id="rk", origin="DaedalusConfig."))
+
+    project.base.write_text(text + "object_storage:\n  secret_access_key: abc\n")
+    assert main(["status", "dssm_ranking", *project.cli_flags()]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "object_storage.secret_access_key: credentials are not read" \
+        " from config files" in err and "abc" not in err

@@ -376,3 +376,44 @@ def test_planted_edge_cases_through_both_stages_in_the_bucket_match_the_brute_fo
     qid_map = pq.read_table(io.BytesIO(client(s3_server).get_object(
         Bucket="daedalus", Key=f"{prefix}/qid_map.parquet")["Body"].read())).to_pylist()
     assert {r["feed_session"]: r["qid"] for r in qid_map} == qids
+
+
+@pytest.mark.slow
+def test_the_dagster_resource_carries_the_storage_settings_and_no_key_is_written(
+        project, sources, s3_server, local, monkeypatch, tmp_path, capfd):
+    """No `AWS_*` variable anywhere: the endpoint, region and keys come from the Dagster
+    resource (the secret as a `dg.EnvVar`), reach the local Ray cluster's writers, and the day
+    lands in the bucket equal to the local day. The secret is in no event, run config, log,
+    manifest or output line."""
+    import dagster as dg
+    from s3server import REGION, SECRET_KEY
+
+    from daedalus.defs import DaedalusConfig, build_defs
+
+    s3_sources = upload_sources(s3_server, sources)
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("DAEDALUS_TEST_S3_SECRET", SECRET_KEY)
+    root = bucket_root(s3_server)
+    resource = DaedalusConfig(
+        base_config_path=str(project.base), runtime_config_path=str(project.runtime),
+        aggregation_config_path=str(project.aggregations), feature_views_dir=str(project.views),
+        feature_services_dir=str(project.services), pipelines_dir=str(project.pipelines),
+        sources_root=s3_sources, output_root=root, ray_num_cpus=2,
+        s3_endpoint_url=s3_server.endpoint, s3_region=REGION, s3_access_key_id=ACCESS_KEY,
+        s3_secret_access_key=dg.EnvVar("DAEDALUS_TEST_S3_SECRET"))
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    instance = dg.DagsterInstance.from_config(str(home))
+    job = build_defs(resource).resolve_job_def("dssm_ranking_daily")
+    result = job.execute_in_process(partition_key=DAYS[0], instance=instance)
+    assert result.success
+    for stage_root, local_root in ((root, local), (f"{root}_enriched", Path(f"{local}_enriched"))):
+        manifest, parts = committed_parts(s3_server, stage_root, DAYS[0])
+        assert same_content(parts, local_parts(local_root, DAYS[0])), stage_root
+        assert SECRET_KEY not in json.dumps(manifest)
+    written = [p for p in home.rglob("*") if p.is_file()]
+    assert written and not [p for p in written if SECRET_KEY.encode() in p.read_bytes()]
+    out = capfd.readouterr()
+    assert SECRET_KEY not in out.out + out.err

@@ -3,6 +3,9 @@
 YAML is validated here, at the edge, into frozen pydantic models; everything
 downstream trusts them. `DAEDALUS_SOURCES_ROOT` and `DAEDALUS_STORE_ROOT`
 override the base file (pydantic-settings: env beats YAML).
+
+Credentials are never read from a config file: `object_storage:` in base.yaml names the
+server (endpoint, region); keys come from the `AWS_*` variables or the Dagster resource.
 """
 
 from __future__ import annotations
@@ -13,7 +16,15 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -64,14 +75,31 @@ class _YamlDict(PydanticBaseSettingsSource):
         return dict(self._data)
 
 
+class ObjectStorage(_Frozen):
+    """The S3-compatible server behind `s3://` roots. A field left unset follows the ecosystem's
+    variables (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`);
+    the keys are set only by a caller (the Dagster resource), never by a file, and the secret
+    is never shown."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: str | None = Field(None, repr=False)
+    secret_access_key: SecretStr | None = Field(None, repr=False)
+
+
+CREDENTIAL_KEYS = ("access_key_id", "secret_access_key")
+
+
 class BaseConfig(BaseSettings):
-    """`config/base.yaml`: where raw sources and stores live, feature dimensions."""
+    """`config/base.yaml`: where raw sources and stores live, feature dimensions, the object
+    store's server."""
 
     model_config = SettingsConfigDict(env_prefix="DAEDALUS_", extra="forbid", frozen=True)
 
     sources_root: Path | str = Path("data/demo/sources")  # str: an `s3://` URI, as written
     store_root: Path = Path("data/store")
     embedding_dim: int = Field(1152, gt=0)
+    object_storage: ObjectStorage = ObjectStorage()
 
     yaml_data: ClassVar[dict[str, Any]] = {}
 
@@ -304,12 +332,20 @@ def load_base_config(path: Path = DEFAULT_BASE_CONFIG) -> BaseConfig:
     unknown = sorted(set(data) - set(BaseConfig.model_fields))
     if unknown:
         raise DaedalusError(f"{path}: {unknown[0]}: unknown key (fix: remove it or correct its spelling)")
+    storage = data.get("object_storage")
+    for key in CREDENTIAL_KEYS:
+        if isinstance(storage, dict) and key in storage:
+            raise DaedalusError(
+                f"{path}: object_storage.{key}: credentials are not read from config files"
+                " (fix: remove it; set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or the Dagster"
+                " resource's s3_* fields from dg.EnvVar)")
     settings_cls = type("_BaseFromFile", (BaseConfig,), {"yaml_data": data})
     try:
         loaded = settings_cls()
     except ValidationError as exc:
         raise _explain(exc, path) from None
-    return BaseConfig.model_construct(**loaded.model_dump())
+    return BaseConfig.model_construct(**{name: getattr(loaded, name)
+                                         for name in BaseConfig.model_fields})
 
 
 def load_config(

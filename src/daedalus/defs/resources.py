@@ -12,6 +12,7 @@ import dagster as dg
 from pydantic import Field
 
 from daedalus.core.config import Config
+from daedalus.core.operators import OperatorPipeline
 from daedalus.core.registry import Registry
 from daedalus.engine.request import (
     ALL_STAGES,
@@ -46,6 +47,14 @@ class DaedalusConfig(dg.ConfigurableResource):
         ray_memory_gb: Ray memory budget in GiB; None keeps runtime.yaml.
         ray_object_store_gb: Ray object store in GiB; None keeps runtime.yaml.
         ray_address: An existing Ray cluster; None uses `RAY_ADDRESS` or a local Ray.
+        s3_endpoint_url: The S3-compatible server of `s3://` roots; None keeps base.yaml's
+            `object_storage.endpoint_url`, else `AWS_ENDPOINT_URL`.
+        s3_region: Its region; None keeps base.yaml, else `AWS_REGION`.
+        s3_access_key_id: With `s3_secret_access_key`, the keys; None uses `AWS_ACCESS_KEY_ID` /
+            `AWS_SECRET_ACCESS_KEY` (or boto3's chain). Give them as `dg.EnvVar("...")` so the
+            run config holds the variable's name, never the key; a local Ray cluster's workers
+            get them at start, an existing cluster's nodes use their own.
+        s3_secret_access_key: The secret key; shown nowhere.
         audit_max_rows: The leakage check audits every row of the day; a number opts into a
             repeatable sample of at most that many rows (the check's metadata says which).
     """
@@ -64,18 +73,25 @@ class DaedalusConfig(dg.ConfigurableResource):
     ray_memory_gb: float | None = Field(default=None, gt=0)
     ray_object_store_gb: float | None = Field(default=None, gt=0)
     ray_address: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
     audit_max_rows: int | None = Field(default=None, gt=0)
 
     def options(self, service: str, day: dt.date | None = None,
-                stages: tuple[Stage, ...] = ALL_STAGES) -> RequestOptions:
-        """This resource's fields as the engine's request options for `service` (one `day`)."""
+                stages: tuple[Stage, ...] = ALL_STAGES,
+                pipeline: OperatorPipeline | None = None) -> RequestOptions:
+        """This resource's fields as the engine's request options for `service` (one `day`;
+        `pipeline`: a DAG already resolved, instead of resolving it again)."""
         fields = self.model_dump(exclude={"audit_max_rows"})
         return RequestOptions(service=service, first_day=day, last_day=day, stages=stages,
-                              origin="DaedalusConfig.", **fields)
+                              pipeline=pipeline, origin="DaedalusConfig.", **fields)
 
     def request(self, service: str, day: dt.date | None = None,
-                stages: tuple[Stage, ...] = ALL_STAGES) -> RunRequest:
-        return build_request(self.options(service, day, stages))
+                stages: tuple[Stage, ...] = ALL_STAGES,
+                pipeline: OperatorPipeline | None = None) -> RunRequest:
+        return build_request(self.options(service, day, stages, pipeline))
 
     def project(self) -> tuple[Config, Registry]:
         """The config and registry alone, for building definitions (no DAG is resolved)."""

@@ -14,6 +14,7 @@ import dagster as dg
 from daedalus import __version__
 from daedalus.audit import written_day
 from daedalus.core.config import Config
+from daedalus.core.operators import OperatorPipeline
 from daedalus.core.registry import Registry, service_views
 from daedalus.core.results import DayResult, RunSummary
 from daedalus.defs.partitions import daily_partitions
@@ -75,10 +76,11 @@ def _stage_run(context: dg.OpExecutionContext, request: RunRequest, stage: Stage
     return summary, [r for r in summary.results if r.stage == stage]
 
 
-@dg.op(ins={"feature_views": dg.In(dg.Nothing)}, out=dg.Out(RunRequest))
-def compile_pipeline(context: dg.OpExecutionContext, cfg: DaedalusConfig) -> RunRequest:
-    """The partition's run request: config, registry and the service's engine-tagged DAG
-    (a hand-edited override wins), built once and handed to both stages."""
+@dg.op(ins={"feature_views": dg.In(dg.Nothing)}, out=dg.Out(OperatorPipeline))
+def compile_pipeline(context: dg.OpExecutionContext, cfg: DaedalusConfig) -> OperatorPipeline:
+    """The service's engine-tagged DAG (a hand-edited override wins), resolved once and handed
+    to both stages. Each stage builds its run request from the resource itself: an op's output
+    is written to the instance's storage, and a request holds the resource's object-store keys."""
     request = cfg.request(_service(context), _day(context))
     context.add_output_metadata({
         "service": request.service,
@@ -86,7 +88,12 @@ def compile_pipeline(context: dg.OpExecutionContext, cfg: DaedalusConfig) -> Run
         "source": request.pipeline_source,
         "dag": dg.MetadataValue.json(request.pipeline.model_dump(mode="json")),
     })
-    return request
+    return request.pipeline
+
+
+def _request(context: dg.OpExecutionContext, cfg: DaedalusConfig,
+             pipeline: OperatorPipeline) -> RunRequest:
+    return cfg.request(_service(context), _day(context), pipeline=pipeline)
 
 
 def skeleton_outcome(request: RunRequest, day: dt.date, results: list[DayResult]) -> dict:
@@ -153,11 +160,13 @@ def training_metadata(request: RunRequest, day: dt.date, skeleton: dict,
 
 
 @dg.op
-def skeleton_stage(context: dg.OpExecutionContext, request: RunRequest) -> dict:
+def skeleton_stage(context: dg.OpExecutionContext, cfg: DaedalusConfig,
+                   pipeline: OperatorPipeline) -> dict:
     """Source-side operators (DuckDB) for the partition's day. The source days it read are
     observed (their content digests), so the partition points at the versions it was built
     from (see `daedalus.defs.sources`)."""
     day = _day(context)
+    request = _request(context, cfg, pipeline)
     summary, results = _stage_run(context, request, "skeleton")
     for event in day_observations(request, day):
         context.log_event(event)
@@ -174,12 +183,14 @@ def skeleton_stage(context: dg.OpExecutionContext, request: RunRequest) -> dict:
 
 
 @dg.op(out=dg.Out(dg.Nothing))
-def enrich_stage(context: dg.OpExecutionContext, request: RunRequest, skeleton: dict):
+def enrich_stage(context: dg.OpExecutionContext, cfg: DaedalusConfig,
+                 pipeline: OperatorPipeline, skeleton: dict):
     """Pythonic operators (Ray + Lance) for the day; stats come from parquet footers only.
 
     The partition's metadata says whether each stage recomputed the day or found it up to
     date, and why; the day's manifest fingerprint is the asset's data version.
     """
+    request = _request(context, cfg, pipeline)
     _, results = _stage_run(context, request, "enrich")
     metadata, version = training_metadata(request, _day(context), skeleton, results)
     return dg.Output(None, metadata=metadata, data_version=dg.DataVersion(version))
@@ -194,8 +205,8 @@ def training_asset(service: str, config: Config, registry: Registry) -> dg.Asset
                 for c in config.runtime.output_columns]
 
     def compose(**feature_views):
-        request = compile_pipeline(feature_views=list(feature_views.values()))
-        return enrich_stage(request, skeleton_stage(request))
+        pipeline = compile_pipeline(feature_views=list(feature_views.values()))
+        return enrich_stage(pipeline, skeleton_stage(pipeline))
 
     return dg.graph_asset(
         compose,

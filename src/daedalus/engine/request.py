@@ -20,6 +20,7 @@ from daedalus.core.config import (
     DEFAULT_BASE_CONFIG,
     DEFAULT_RUNTIME_CONFIG,
     Config,
+    ObjectStorage,
     enriched_root_for,
     load_config,
     parse_day,
@@ -65,6 +66,10 @@ class RequestOptions:
     ray_memory_gb: float | None = None
     ray_object_store_gb: float | None = None
     ray_address: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_access_key_id: str | None = field(default=None, repr=False)
+    s3_secret_access_key: str | None = field(default=None, repr=False)
     num_workers: int | None = None
     preload_day_embeddings: bool | None = None
     pipeline: OperatorPipeline | None = field(default=None, compare=False)
@@ -89,7 +94,8 @@ class RunRequest:
     def skeleton_root(self) -> Root:
         """Absolute, so every path a run prints or records reads the same from anywhere; an
         `ObjectPath` for an `s3://` root."""
-        root = parse_root(self.config.runtime.output_root, "output_root")
+        root = parse_root(self.config.runtime.output_root, "output_root",
+                          self.config.base.object_storage)
         return root.resolve() if isinstance(root, Path) else root
 
     @property
@@ -148,10 +154,13 @@ def _configured(options: RequestOptions) -> Config:
                          options.aggregation_config_path)
     base = {k: v if is_uri(v) else Path(v) for k, v in (("sources_root", options.sources_root),
                                     ("store_root", options.store_root)) if v}
+    storage = _storage(options, config.base.object_storage)
+    if storage != config.base.object_storage:
+        base["object_storage"] = storage
     if base:
         config = config.model_copy(update={"base": config.base.model_copy(update=base)})
     if options.output_root:
-        root = parse_root(options.output_root, f"{options.origin or '--'}output_root")
+        root = parse_root(options.output_root, f"{options.origin or '--'}output_root", storage)
         config = config.with_runtime(output_root=options.output_root if isinstance(root, ObjectPath)
                                      else root)
     expected = enriched_root_for(config.runtime.output_root)
@@ -170,6 +179,19 @@ def _configured(options: RequestOptions) -> Config:
     if ray:
         config = config.with_runtime(ray=config.runtime.ray.model_copy(update=ray))
     return config
+
+
+def _storage(options: RequestOptions, storage: ObjectStorage) -> ObjectStorage:
+    """base.yaml's `object_storage` with the caller's s3_* fields over it; keys come as a pair."""
+    given = {"endpoint_url": options.s3_endpoint_url, "region": options.s3_region,
+             "access_key_id": options.s3_access_key_id,
+             "secret_access_key": options.s3_secret_access_key}
+    if (given["access_key_id"] is None) != (given["secret_access_key"] is None):
+        missing = "s3_secret_access_key" if given["secret_access_key"] is None else "s3_access_key_id"
+        raise DaedalusError(f"{options.origin}{missing}: the object store's keys come as a pair"
+                            f" (fix: set {missing} too, or neither)")
+    update = {k: v for k, v in given.items() if v is not None}
+    return ObjectStorage.model_validate({**storage.model_dump(), **update}) if update else storage
 
 
 def _days(options: RequestOptions, config: Config) -> tuple[dt.date, ...]:

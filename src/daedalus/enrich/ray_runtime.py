@@ -70,9 +70,13 @@ class RayRuntime:
     def started(self) -> bool:
         return self.envelope is not None
 
-    def start(self, envelope: RayEnvelope) -> RayEnvelope:
+    def start(self, envelope: RayEnvelope, worker_env: dict[str, str] | None = None) -> RayEnvelope:
         """Ray for `envelope`, started or connected once and then reused; returns the
-        effective envelope (what the cluster holds)."""
+        effective envelope (what the cluster holds).
+
+        `worker_env`: variables a local cluster's processes start with (the run's object-store
+        settings, so its workers reach the bucket as the driver does); this process's own
+        environment is left as it was. An existing cluster's nodes keep their own."""
         address = envelope.address
         if self.started and self.address == address and _ray_up():
             return replace(self.envelope, num_workers=envelope.num_workers,
@@ -91,7 +95,7 @@ class RayRuntime:
         if address:
             self._connect(address)
         else:
-            self._start_local(envelope)
+            self._start_local(envelope, worker_env or {})
         self.address = address
         self.envelope = _fit_to_cluster(envelope)
         self.box = _start_box()
@@ -133,7 +137,7 @@ class RayRuntime:
             ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR,
                      namespace="daedalus")
 
-    def _start_local(self, envelope: RayEnvelope) -> None:
+    def _start_local(self, envelope: RayEnvelope, worker_env: dict[str, str]) -> None:
         import ray
 
         local = envelope.clamped_to_machine()
@@ -143,13 +147,22 @@ class RayRuntime:
         worker_memory = max(local.memory_gb - local.object_store_gb
                             - local.system_reserved_memory_gb, 1)
         _set_auth_mode(self._saved_env[_AUTH_ENV])
-        with _no_fork_warning():
-            ray.init(address="local", num_cpus=local.num_cpus,
-                     object_store_memory=int(local.object_store_gb * gib),
-                     _memory=int(worker_memory * gib), _node_ip_address="127.0.0.1",
-                     include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.ERROR, namespace="daedalus",
-                     _system_config={"num_workers_soft_limit": idle_workers(local)})
+        # Ray's processes inherit this process's environment as it is at `ray.init`; the
+        # variables are set for that moment only (not passed as a runtime_env, which Ray keeps
+        # in its control store and shows).
+        before = {name: os.environ.get(name) for name in worker_env}
+        os.environ.update(worker_env)
+        try:
+            with _no_fork_warning():
+                ray.init(address="local", num_cpus=local.num_cpus,
+                         object_store_memory=int(local.object_store_gb * gib),
+                         _memory=int(worker_memory * gib), _node_ip_address="127.0.0.1",
+                         include_dashboard=False, log_to_driver=False,
+                         logging_level=logging.ERROR, namespace="daedalus",
+                         _system_config={"num_workers_soft_limit": idle_workers(local)})
+        finally:
+            for name, value in before.items():
+                _restore_env(name, value)
         # Ray's local init writes RAY_AUTH_MODE=token into this process's environment, where
         # it outlives the cluster: a later runtime would take it for the user's choice and
         # use a token against a tokenless cluster. Its own processes already have it.

@@ -65,6 +65,7 @@ from daedalus.layout.manifest import (
     write_manifest,
 )
 from daedalus.storage.objects import ObjectPath
+from daedalus.storage.s3 import S3Settings
 from daedalus.store.build import ensure_store, store_version
 
 Progress = Callable[[str], None]
@@ -162,7 +163,8 @@ def _run_day(plan: EnrichPlan, config: Config, day: dt.date, skeleton_root: Path
             loaded = early.submit(day_tables, plan, files, stores)
         ray_started = time.perf_counter()
         first = not runtime.started
-        effective = runtime.start(envelope)
+        effective = runtime.start(envelope, worker_env=S3Settings.resolve(
+            config.base.object_storage).environment())
         if first:
             timings["ray_start"] = time.perf_counter() - ray_started
         written, parts = _enrich_day(plan, config, day, files, rows, stores, fingerprint,

@@ -28,7 +28,7 @@ from daedalus.storage.uri import Root, parse_root
 
 def sources_root(config: Config) -> Root:
     """The config's sources root: an absolute local path or an `ObjectPath`."""
-    root = parse_root(config.base.sources_root, "sources_root")
+    root = parse_root(config.base.sources_root, "sources_root", config.base.object_storage)
     return root if isinstance(root, ObjectPath) else Path(root)
 
 

@@ -3,7 +3,9 @@
 Settings follow the ecosystem's conventions: `AWS_ENDPOINT_URL` (or `AWS_ENDPOINT_URL_S3`),
 `AWS_REGION` (or `AWS_DEFAULT_REGION`), `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`
 (/ `AWS_SESSION_TOKEN`); without keys, boto3's own chain (profiles, instance roles) applies.
-The secret is held out of `repr` and never appears in a message, a log line or a manifest.
+A field of the config's `object_storage` (base.yaml's endpoint and region, the Dagster
+resource's keys) wins over its variable. The secret is held out of `repr` and never appears in
+a message, a log line or a manifest.
 
 Two real clients do the work: boto3 for small objects (manifests, locks, listings with ETags,
 and conditional writes: `If-None-Match: *`, `If-Match`), and pyarrow's `S3FileSystem` for
@@ -19,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from daedalus.core.config import ObjectStorage
 from daedalus.core.errors import DaedalusError
 
 DEFAULT_REGION = "us-east-1"
@@ -42,6 +45,31 @@ class S3Settings:
                    access_key_id=env.get("AWS_ACCESS_KEY_ID"),
                    secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"),
                    session_token=env.get("AWS_SESSION_TOKEN"))
+
+    @classmethod
+    def resolve(cls, given: ObjectStorage | None,
+                environ: dict[str, str] | None = None) -> S3Settings:
+        """The config's fields where set, the `AWS_*` variables for the rest."""
+        env = cls.from_env(environ)
+        if given is None:
+            return env
+        secret = given.secret_access_key
+        keys = given.access_key_id is not None or secret is not None
+        return cls(endpoint_url=given.endpoint_url or env.endpoint_url,
+                   region=given.region or env.region,
+                   access_key_id=given.access_key_id if keys else env.access_key_id,
+                   secret_access_key=secret.get_secret_value() if secret else (
+                       None if keys else env.secret_access_key),
+                   session_token=None if keys else env.session_token)
+
+    def environment(self) -> dict[str, str]:
+        """These settings as the `AWS_*` variables, for the processes of a local Ray cluster
+        (an `ObjectPath` shipped to a worker takes its settings from the worker's variables)."""
+        pairs = {"AWS_ENDPOINT_URL": self.endpoint_url, "AWS_REGION": self.region,
+                 "AWS_ACCESS_KEY_ID": self.access_key_id,
+                 "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
+                 "AWS_SESSION_TOKEN": self.session_token}
+        return {name: value for name, value in pairs.items() if value}
 
     @property
     def shown_endpoint(self) -> str:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from daedalus.core.config import ObjectStorage
 from daedalus.core.errors import DaedalusError
 from daedalus.storage.objects import SCHEME, ObjectPath
-from daedalus.storage.s3 import ObjectStore, S3Settings, object_store
+from daedalus.storage.s3 import S3Settings, object_store
 
 Root = Path | ObjectPath
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
@@ -19,10 +20,10 @@ def is_uri(text: object) -> bool:
 
 
 def parse_root(text: str | Path | ObjectPath, field: str,
-               store: ObjectStore | None = None) -> Root:
+               storage: ObjectStorage | None = None) -> Root:
     """`text` as a root: an `ObjectPath` for `s3://bucket/prefix`, else a local `Path`.
 
-    `store` is the object store's clients (made from the `AWS_*` variables when not given)."""
+    `storage` is the config's object-store settings (the `AWS_*` variables fill the rest)."""
     if isinstance(text, ObjectPath | Path):
         return text
     match = _SCHEME.match(text)
@@ -35,4 +36,4 @@ def parse_root(text: str | Path | ObjectPath, field: str,
     if len(bucket) < 3 or not re.fullmatch(r"[a-z0-9][a-z0-9.-]*[a-z0-9]", bucket):
         raise DaedalusError(f"{field}: {text!r}: {bucket!r} is not a bucket name (fix: 3-63"
                             " lowercase letters, digits, dots or hyphens, as in s3://bucket/prefix)")
-    return ObjectPath(bucket, key.strip("/"), store or object_store(S3Settings.from_env()))
+    return ObjectPath(bucket, key.strip("/"), object_store(S3Settings.resolve(storage)))
