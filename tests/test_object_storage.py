@@ -8,17 +8,21 @@ each other; bad endpoints, keys, buckets and schemes are one-line errors.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 from s3server import ACCESS_KEY
-from test_ray_cluster import two_nodes  # noqa: F401 - the two-node cluster fixture
 
 REPO = Path(__file__).resolve().parents[1]
 DAYS = ("2026-02-01", "2026-02-02", "2026-02-03")  # runtime.yaml's feed
@@ -45,11 +49,12 @@ def local(tmp_path_factory, sources) -> Path:
 
 
 def train(project, sources: Path, root: str, *flags: str, env: dict | None = None,
-          check: bool = True, stage: str = "--skeleton-only") -> subprocess.CompletedProcess:
+          check: bool = True, stage: str = "--skeleton-only",
+          cwd: Path = REPO) -> subprocess.CompletedProcess:
     cmd = [*DAEDA, "pipeline", "train", "dssm_ranking", *project.cli_flags(), "--output-root",
            root, *([stage] if stage else []), *flags]
     run_env = {**os.environ, "DAEDALUS_SOURCES_ROOT": str(sources), **(env or {})}
-    result = subprocess.run(cmd, cwd=REPO, env=run_env, capture_output=True, text=True)
+    result = subprocess.run(cmd, cwd=cwd, env=run_env, capture_output=True, text=True)
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -304,31 +309,100 @@ def test_the_server_killed_while_a_day_is_written_then_restarted_and_rerun(
             assert same_bytes(committed_parts(server, root, day)[1], local_parts(local, day))
 
 
+# A head (no CPUs) started in the holder's folder, then a node that joins it from a working
+# directory and TMPDIR of its own: the raylet and every worker of that node start there.
+_CLUSTER = """
+import os, sys
+from ray.cluster_utils import Cluster
+temp, worker = sys.argv[1], sys.argv[2]
+cluster = Cluster(initialize_head=True, shutdown_at_exit=False, head_node_args={
+    "num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False,
+    "temp_dir": temp, "object_store_memory": 2**30})
+os.chdir(worker)
+os.environ["TMPDIR"] = os.path.join(worker, "tmp")
+cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1", object_store_memory=2**30)
+cluster.wait_for_nodes()
+print(cluster.address, flush=True)
+sys.stdin.read()
+cluster.shutdown()
+"""
+
+
+@pytest.fixture
+def separate_node(tmp_path, s3_env):
+    """(address, the joined node's working directory): a two-node cluster on 127.0.0.1 whose
+    worker node has its own working directory and scratch, and the bucket's settings in its
+    own environment."""
+    from test_ray_cluster import _leftovers
+
+    temp = tempfile.mkdtemp(prefix="rc", dir="/tmp")
+    worker = tmp_path / "worker_node"
+    (worker / "tmp").mkdir(parents=True)
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_AUTH_MODE", None)
+    holder = subprocess.Popen([sys.executable, "-c", _CLUSTER, temp, str(worker)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+                              cwd=tmp_path, start_new_session=True)
+    try:
+        address = holder.stdout.readline().strip()
+        assert address.startswith("127.0.0.1:"), address
+        yield address, worker
+    finally:
+        holder.stdin.close()
+        try:
+            holder.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            holder.kill()
+            holder.wait()
+        deadline = time.monotonic() + 15
+        while _leftovers(temp) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = _leftovers(temp)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(holder.pid, signal.SIGKILL)
+        assert not left, left
+        shutil.rmtree(temp, ignore_errors=True)
+
+
 @pytest.mark.slow
-def test_enrich_on_a_two_node_cluster_writes_the_local_day_into_the_bucket(
-        project, sources, s3_env, s3_server, local, two_nodes):  # noqa: F811
-    """The enrich stage on a head (no CPUs) plus a joined node (2 CPUs): every part is written
-    by a task on the joined node straight into the bucket, and the day equals the local run's.
-    Nothing is written to any local disk the driver could read back: the store is the only
-    thing the nodes share with it."""
+def test_enrich_on_a_node_with_its_own_folders_writes_the_local_days_into_the_bucket(
+        project, sources, s3_server, local, separate_node, tmp_path):
+    """Sources and outputs in the bucket; the enrich stage on a head (no CPUs) plus a node that
+    runs from its own working directory and scratch. Every part is written by that node
+    straight into the bucket, and each day equals the local run's: one day with the vectors
+    handed over through Ray's object store (preload), one where the node builds its own Lance
+    store in its own folder from the bucket's `siglip2_vectors` (`store_root` relative, no
+    preload). No enriched part lands on a local disk."""
+    import io
+
     import pyarrow.parquet as pq
 
     from daedalus.enrich.batch import PROVENANCE_KEY
+    from daedalus.store.build import is_store
 
+    address, worker = separate_node
+    driver = tmp_path / "driver"
+    driver.mkdir()
     root = bucket_root(s3_server)
-    train(project, sources, root)  # the skeleton days, from this machine
-    enriched = train(project, sources, root, "--ray-address", two_nodes(), "--num-workers", "2",
-                     "--target-date", DAYS[0], stage="--enrich-only")
-    assert "enrich 2026-02-01: wrote" in enriched.stdout + enriched.stderr, enriched.stderr[-2000:]
-    manifest, parts = committed_parts(s3_server, f"{root}_enriched", DAYS[0])
-    assert same_content(parts, local_parts(Path(f"{local}_enriched"), DAYS[0]))
-    import io
-
-    nodes = {json.loads(pq.read_schema(io.BytesIO(b)).metadata[PROVENANCE_KEY])["node_id"]
-             for b in parts.values()}
-    assert len(nodes) == 1 and all(n for n in nodes), nodes  # the joined node: the head has no CPU
+    s3_sources = upload_sources(s3_server, sources)
+    relative_store = {"DAEDALUS_STORE_ROOT": "node_store"}
+    train(project, s3_sources, root, env=relative_store, cwd=driver)  # the skeleton days
+    for day, flags in ((DAYS[0], []), (DAYS[1], ["--no-preload-day-embeddings"])):
+        enriched = train(project, s3_sources, root, "--ray-address", address, "--num-workers",
+                         "2", "--target-date", day, *flags, env=relative_store, cwd=driver,
+                         stage="--enrich-only")
+        assert f"enrich {day}: wrote" in enriched.stdout + enriched.stderr, enriched.stderr[-2000:]
+        _, parts = committed_parts(s3_server, f"{root}_enriched", day)
+        assert same_content(parts, local_parts(Path(f"{local}_enriched"), day)), day
+        nodes = {json.loads(pq.read_schema(io.BytesIO(b)).metadata[PROVENANCE_KEY])["node_id"]
+                 for b in parts.values()}
+        assert len(nodes) == 1 and all(nodes), nodes  # the joined node: the head has no CPU
+    # The driver built its store in its folder; the node built its own in its own folder.
+    assert is_store(driver / "node_store/artwork_embedding")
+    assert is_store(worker / "node_store/artwork_embedding")
+    assert not list(tmp_path.rglob("*_enriched/**/*.parquet"))
     assert not list(project.root.parent.rglob("*_enriched/**/*.parquet"))
-
 
 def test_planted_edge_cases_through_both_stages_in_the_bucket_match_the_brute_force(
         project, s3_env, s3_server, tmp_path):

@@ -30,6 +30,7 @@ from daedalus.enrich.kernel import (
     window_pool,
 )
 from daedalus.enrich.plan import Enrichment
+from daedalus.store.build import store_on_this_node
 from daedalus.store.reader import StoreReader
 from daedalus.store.table import EmbeddingTable
 
@@ -145,7 +146,8 @@ class EnrichBatches:
     """The actor: holds the day's embeddings (or the store's id index) and enriches batches.
 
     `spec`: the enrichments (as dicts), the output columns, and either the preload's
-    `handoff` or, without preload, each store's `StoreReader` arguments (`readers`)."""
+    `handoff` or, without preload, each store's `StoreReader` arguments (`readers`) and, where
+    each node builds its own copy of a store (`node_stores`), how to build it."""
 
     def __init__(self, spec: dict[str, Any]):
         import ray
@@ -157,6 +159,9 @@ class EnrichBatches:
         if spec["handoff"] is not None:
             self.tables = handed_over(spec["handoff"])
         for store, args in spec["readers"].items():
+            recipe = spec.get("node_stores", {}).get(store)
+            if recipe is not None:
+                args = {**args, "path": str(store_on_this_node(**recipe))}
             self.readers[store] = StoreReader(**args)
         ctx = ray.get_runtime_context()
         self.provenance = json.dumps({"actor_id": ctx.get_actor_id(), "pid": os.getpid(),

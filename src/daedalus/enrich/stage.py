@@ -66,7 +66,7 @@ from daedalus.layout.manifest import (
 )
 from daedalus.storage.objects import ObjectPath
 from daedalus.storage.s3 import S3Settings
-from daedalus.store.build import ensure_store, store_version
+from daedalus.store.build import ensure_store, node_store_recipe, store_version
 
 Progress = Callable[[str], None]
 
@@ -194,6 +194,8 @@ def _enrich_day(plan: EnrichPlan, config: Config, day: dt.date, files: list[Path
         preload = preloading(runtime.box, plan, files, stores, day, timings, loaded)
     else:
         spec["readers"] = stores
+        spec["node_stores"] = {name: recipe for name, args in stores.items()
+                               if (recipe := node_store_recipe(config, name, Path(args["path"])))}
         preload = contextlib.nullcontext(None)
 
     pool = envelope.actor_pool_size()

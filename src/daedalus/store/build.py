@@ -32,6 +32,8 @@ from daedalus.core.errors import DaedalusError
 from daedalus.core.faults import crash_point
 from daedalus.layout.manifest import content_fingerprint, fingerprint_files
 from daedalus.layout.scratch import scratch_dir
+from daedalus.layout.sources import sources_root
+from daedalus.storage.objects import ObjectPath
 from daedalus.store.source import (
     build_query,
     check_source_schema,
@@ -214,6 +216,35 @@ def ensure_store(config: Config, name: str, progress: Progress = _silent) -> Pat
         stale = _staleness(config, spec, _metadata(path))
         if stale:
             progress(f"store {name}: {stale}; using it as built (fix: daeda store build --force)")
+    return path
+
+
+def node_store_recipe(config: Config, name: str, path: Path) -> dict[str, Any] | None:
+    """What a Ray node needs to build its own copy of the store at `path`, or None where the
+    driver's copy is the one to read (local sources, or an absolute `store_root`).
+
+    With sources in object storage and a relative `store_root`, each node resolves the store
+    against its own working directory and builds it there from the bucket on first use. The
+    config travels without keys: a node's `AWS_*` variables (or role) reach the bucket."""
+    if not isinstance(sources_root(config), ObjectPath) or Path(config.base.store_root).is_absolute():
+        return None
+    storage = config.base.object_storage.model_copy(
+        update={"access_key_id": None, "secret_access_key": None})
+    shipped = config.model_copy(update={"base": config.base.model_copy(
+        update={"object_storage": storage})})
+    return {"config": shipped, "name": name,
+            "source_fingerprint": _metadata(path).get("source_fingerprint")}
+
+
+def store_on_this_node(config: Config, name: str, source_fingerprint: str | None) -> Path:
+    """The store as this process resolves its path (a node's own working directory), built
+    there when missing, and again when its source fingerprint is not the driver's copy's."""
+    spec = store_spec(config, name)
+    path = config.store_path(spec).absolute()
+    if not is_store(path):
+        build_store(config, name)  # a second actor of the node waits, then finds it built
+    if _metadata(path).get("source_fingerprint") != source_fingerprint:
+        build_store(config, name, force=True)
     return path
 
 
