@@ -8,16 +8,11 @@ each other; bad endpoints, keys, buckets and schemes are one-line errors.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -309,60 +304,17 @@ def test_the_server_killed_while_a_day_is_written_then_restarted_and_rerun(
             assert same_bytes(committed_parts(server, root, day)[1], local_parts(local, day))
 
 
-# A head (no CPUs) started in the holder's folder, then a node that joins it from a working
-# directory and TMPDIR of its own: the raylet and every worker of that node start there.
-_CLUSTER = """
-import os, sys
-from ray.cluster_utils import Cluster
-temp, worker = sys.argv[1], sys.argv[2]
-cluster = Cluster(initialize_head=True, shutdown_at_exit=False, head_node_args={
-    "num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False,
-    "temp_dir": temp, "object_store_memory": 2**30})
-os.chdir(worker)
-os.environ["TMPDIR"] = os.path.join(worker, "tmp")
-cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1", object_store_memory=2**30)
-cluster.wait_for_nodes()
-print(cluster.address, flush=True)
-sys.stdin.read()
-cluster.shutdown()
-"""
-
-
 @pytest.fixture
 def separate_node(tmp_path, s3_env):
     """(address, the joined node's working directory): a two-node cluster on 127.0.0.1 whose
     worker node has its own working directory and scratch, and the bucket's settings in its
     own environment."""
-    from test_ray_cluster import _leftovers
+    from test_ray_cluster import CLUSTER_SCRIPT, held_cluster
 
-    temp = tempfile.mkdtemp(prefix="rc", dir="/tmp")
     worker = tmp_path / "worker_node"
     (worker / "tmp").mkdir(parents=True)
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    env.pop("RAY_ADDRESS", None)
-    env.pop("RAY_AUTH_MODE", None)
-    holder = subprocess.Popen([sys.executable, "-c", _CLUSTER, temp, str(worker)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
-                              cwd=tmp_path, start_new_session=True)
-    try:
-        address = holder.stdout.readline().strip()
-        assert address.startswith("127.0.0.1:"), address
-        yield address, worker
-    finally:
-        holder.stdin.close()
-        try:
-            holder.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            holder.kill()
-            holder.wait()
-        deadline = time.monotonic() + 15
-        while _leftovers(temp) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        left = _leftovers(temp)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(holder.pid, signal.SIGKILL)
-        assert not left, left
-        shutil.rmtree(temp, ignore_errors=True)
+    with held_cluster(CLUSTER_SCRIPT, str(worker), cwd=tmp_path) as address:
+        yield address(), worker
 
 
 @pytest.mark.slow

@@ -62,13 +62,17 @@ def _leftovers(marker: str) -> list[str]:
 # The cluster lives in its own process (a driver in the same process as the nodes' Python
 # state does not get its actors scheduled on them): it prints the address, then holds the
 # nodes until its stdin closes, and removes them. Ray's local-only switch (read at import)
-# keeps every node's servers on 127.0.0.1.
-_CLUSTER = """
-import sys
+# keeps every node's servers on 127.0.0.1. Given a second argument, the joined node starts in
+# that folder, with its own TMPDIR: its raylet and every worker of it run from there.
+CLUSTER_SCRIPT = """
+import os, sys
 from ray.cluster_utils import Cluster
 cluster = Cluster(initialize_head=True, shutdown_at_exit=False, head_node_args={
     "num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False,
     "temp_dir": sys.argv[1], "object_store_memory": 2**30})
+if len(sys.argv) > 2:
+    os.chdir(sys.argv[2])
+    os.environ["TMPDIR"] = os.path.join(sys.argv[2], "tmp")
 cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1", object_store_memory=2**30)
 cluster.wait_for_nodes()
 print(cluster.address, flush=True)
@@ -77,16 +81,17 @@ cluster.shutdown()
 """
 
 
-@pytest.fixture
-def two_nodes():
-    """Waits for, then returns, the address of a head (no CPUs) plus one joined node (2 CPUs),
-    both on 127.0.0.1; the cluster starts while the test does other work."""
+@contextlib.contextmanager
+def held_cluster(script: str, *args: str, cwd: Path | None = None):
+    """Runs a cluster-holding `script` (argv: its temp dir, then `args`) in its own process
+    group; yields the address it prints. On exit it closes the holder's stdin, waits for the
+    nodes to go, and fails if any process of the cluster outlives it."""
     temp = tempfile.mkdtemp(prefix="rc", dir="/tmp")
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     env.pop("RAY_ADDRESS", None)
     env.pop("RAY_AUTH_MODE", None)  # set to token by any earlier local ray.init in this process
-    holder = subprocess.Popen([sys.executable, "-c", _CLUSTER, temp], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True, env=env,
+    holder = subprocess.Popen([sys.executable, "-c", script, temp, *args], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=env, cwd=cwd,
                               start_new_session=True)
     found: list[str] = []
 
@@ -113,6 +118,14 @@ def two_nodes():
             os.killpg(holder.pid, signal.SIGKILL)  # the holder's own group, nothing else
         assert not left, left
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture
+def two_nodes():
+    """Waits for, then returns, the address of a head (no CPUs) plus one joined node (2 CPUs),
+    both on 127.0.0.1; the cluster starts while the test does other work."""
+    with held_cluster(CLUSTER_SCRIPT) as address:
+        yield address
 
 
 def _day(folder: Path) -> pa.Table:

@@ -26,7 +26,7 @@ from daedalus.layout.days import day_path
 from daedalus.layout.manifest import read_manifest
 from daedalus.layout.object_days import committed, manifest_files
 from daedalus.layout.sources import parquet_files, partition_days, sources_root
-from daedalus.storage.objects import ObjectPath, open_parquet
+from daedalus.storage.objects import ObjectPath, open_parquet, parquet_dataset
 
 AUDIT_BATCH_ROWS = 500_000  # output rows per audited batch: bounds the audit's memory
 EXAMPLES = 5  # leaked rows shown per feature group
@@ -74,11 +74,7 @@ def _scan(con: duckdb.DuckDBPyConnection, files: tuple, columns: list[str],
     files; in object storage, a pyarrow dataset over S3 of just `columns`, streamed into
     DuckDB as `name`."""
     if files and isinstance(files[0], ObjectPath):
-        import pyarrow.dataset as ds
-
-        dataset = ds.dataset([f.arrow_path for f in files], format="parquet",
-                             filesystem=files[0].store.filesystem)
-        con.register(name, dataset.scanner(columns=columns).to_reader())
+        con.register(name, parquet_dataset(list(files), columns))
         return name, {}
     return "read_parquet($files, hive_partitioning = false)", {"files": [str(f) for f in files]}
 

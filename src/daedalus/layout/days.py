@@ -30,6 +30,7 @@ from pathlib import Path
 
 from daedalus.core.errors import DaedalusError
 from daedalus.core.faults import crash_point
+from daedalus.layout.names import LOCK_DIR, STAGING_PREFIX, day_name
 from daedalus.layout.object_days import (
     object_day_lock,
     present_object_days,
@@ -39,14 +40,6 @@ from daedalus.layout.object_days import (
     sweep_object_orphans,
 )
 from daedalus.storage.objects import ObjectPath
-
-STAGING_PREFIX = ".staging-"
-LOCK_DIR = ".locks"
-MANIFESTS_DIR = ".manifests"  # 0-row manifests of empty days (hidden: no reader lists it)
-
-
-def day_name(day: dt.date) -> str:
-    return f"dt={day:%Y-%m-%d}"
 
 
 def day_path(root: Path | ObjectPath, day: dt.date) -> Path | ObjectPath:

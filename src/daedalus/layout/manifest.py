@@ -30,13 +30,13 @@ from typing import Any
 
 from daedalus import __version__
 from daedalus.core.config import Config, parse_duration
-from daedalus.layout.days import MANIFESTS_DIR, day_name, day_path
+from daedalus.layout.days import day_path
+from daedalus.layout.names import MANIFEST_NAME, MANIFESTS_DIR, day_name
 from daedalus.layout.object_days import committed, read_object_manifest
-from daedalus.layout.sources import fingerprint_entries, partition_days, sources_root
+from daedalus.layout.sources import object_fingerprints, parquet_files, partition_days, sources_root
 from daedalus.storage.objects import ObjectPath
 from daedalus.storage.uri import Root
 
-MANIFEST_NAME = "_manifest.json"
 FORMAT = 1
 
 
@@ -94,7 +94,9 @@ def file_fingerprints(root: Root, folders: list[Root],
     """[path relative to root, size, stamp, content digest] of every parquet file under the
     folders, sorted (layout.sources: mtime and SHA-256 on disk, last-modified and ETag in
     object storage). A file whose size and stamp match `known` keeps its digest unread."""
-    return fingerprint_entries(root, folders, known, fingerprint_files)
+    if isinstance(root, ObjectPath):
+        return object_fingerprints(root, folders)
+    return fingerprint_files(root, [p for f in folders for p in parquet_files(f)], known)
 
 
 def fingerprint_files(root: Path, paths: list[Path],

@@ -39,17 +39,10 @@ from pathlib import Path
 
 from daedalus.core.errors import DaedalusError
 from daedalus.core.faults import crash_point
+from daedalus.layout.names import LOCK_DIR, MANIFEST_NAME, MANIFESTS_DIR, RUN_PREFIX, day_name
 from daedalus.storage.objects import ObjectPath, PreconditionFailed
 
-LOCK_DIR = ".locks"
-MANIFESTS_DIR = ".manifests"
-MANIFEST_NAME = "_manifest.json"
-RUN_PREFIX = "r-"
 LEASE_SECONDS = 60.0
-
-
-def day_name(day: dt.date) -> str:
-    return f"dt={day:%Y-%m-%d}"
 
 
 def manifest_files(folder: ObjectPath, manifest: dict) -> list[ObjectPath]:

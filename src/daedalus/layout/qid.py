@@ -26,7 +26,7 @@ from daedalus.core.errors import DaedalusError
 from daedalus.core.faults import crash_point
 from daedalus.layout.days import LOCK_DIR, day_path, present_days
 from daedalus.layout.object_days import manifest_files, object_lock, read_object_manifest
-from daedalus.storage.objects import ObjectPath
+from daedalus.storage.objects import ObjectPath, parquet_dataset
 
 # How long a writer of an object-store map waits for another day's writer to finish with it.
 OBJECT_LOCK_WAIT_SECONDS = 600.0
@@ -143,10 +143,7 @@ class QidMap:
         try:
             con.execute("SET enable_progress_bar = false")
             if isinstance(self.root, ObjectPath):  # read through pyarrow's S3 filesystem
-                import pyarrow.dataset as ds
-
-                con.register("days", ds.dataset([f.arrow_path for f in files], format="parquet",
-                                                 filesystem=self.root.store.filesystem))
+                con.register("days", parquet_dataset(files))
                 source, params = "days", {}
             else:
                 source, params = "read_parquet($files)", {"files": [str(f) for f in files]}

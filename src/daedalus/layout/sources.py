@@ -22,7 +22,6 @@ from typing import Any
 
 from daedalus.core.config import Config
 from daedalus.storage.objects import ObjectPath
-from daedalus.storage.s3 import s3_errors
 from daedalus.storage.uri import Root, parse_root
 
 
@@ -70,20 +69,16 @@ def relative_name(root: Root, path: Root) -> str:
     return str(path.relative_to(root))
 
 
-def fingerprint_entries(root: Root, folders: list[Root], known: list[list[Any]] | None,
-                        digest) -> list[list[Any]]:
-    """[path relative to root, size, stamp, digest] of every parquet file in `folders`.
-    `digest(root, paths, known)` fingerprints local files, hashing only where `known` does not
-    already vouch for one."""
-    if isinstance(root, ObjectPath):
-        out = []
-        for folder in folders:
-            for info in sorted(folder.iter_objects(), key=lambda i: i.path.name):
-                if info.path.name.endswith(".parquet") and info.path.parent == folder:
-                    stamp = int(info.modified.timestamp() * 1e9)
-                    out.append([relative_name(root, info.path), info.size, stamp, info.etag])
-        return out
-    return digest(root, [p for f in folders for p in parquet_files(f)], known)
+def object_fingerprints(root: ObjectPath, folders: list[ObjectPath]) -> list[list[Any]]:
+    """[key relative to root, size, last-modified (ns), ETag] of every parquet object directly
+    in `folders`: the listing alone, nothing downloaded (the server's ETag is its digest)."""
+    out = []
+    for folder in folders:
+        for info in sorted(folder.iter_objects(), key=lambda i: i.path.name):
+            if info.path.name.endswith(".parquet") and info.path.parent == folder:
+                stamp = int(info.modified.timestamp() * 1e9)
+                out.append([relative_name(root, info.path), info.size, stamp, info.etag])
+    return out
 
 
 def local_copies(files: list[Root], work: Path) -> list[str]:
@@ -93,8 +88,7 @@ def local_copies(files: list[Root], work: Path) -> list[str]:
         if isinstance(path, ObjectPath):
             target = work / "sources" / f"{i:05d}-{path.parent.name}-{path.name}"
             target.parent.mkdir(parents=True, exist_ok=True)
-            with s3_errors(str(path), path.store.settings):
-                path.store.client.download_file(path.bucket, path.key, str(target))
+            path.download(target)
             out.append(str(target))
         else:
             out.append(str(path))
@@ -123,8 +117,7 @@ def mirror(folder: ObjectPath, target: Path) -> Path:
         if seen.get(name) != info.etag or not local.exists():
             local.parent.mkdir(parents=True, exist_ok=True)
             partial = local.with_name(f".{local.name}.part")
-            with s3_errors(str(info.path), info.path.store.settings):
-                info.path.store.client.download_file(info.path.bucket, info.path.key, str(partial))
+            info.path.download(partial)
             partial.replace(local)
         now[name] = info.etag
     for stale in set(seen) - set(now):

@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from daedalus.storage.s3 import ObjectStore, error_code, s3_errors
 
 SCHEME = "s3://"
+# What servers answer for a key that is not there (GET says NoSuchKey; HEAD has no body).
+NOT_FOUND = frozenset({"NoSuchKey", "404", "NotFound"})
+PRECONDITION_FAILED = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict"})
 
 
 class PreconditionFailed(Exception):
@@ -67,7 +70,7 @@ class ObjectPath:
             try:
                 return self.store.client.get_object(Bucket=self.bucket, Key=self.key)["Body"].read()
             except Exception as exc:
-                if error_code(exc) in ("NoSuchKey", "404", "NotFound"):
+                if error_code(exc) in NOT_FOUND:
                     raise FileNotFoundError(str(self)) from None
                 raise
 
@@ -80,7 +83,7 @@ class ObjectPath:
             try:
                 got = self.store.client.get_object(Bucket=self.bucket, Key=self.key)
             except Exception as exc:
-                if error_code(exc) in ("NoSuchKey", "404", "NotFound"):
+                if error_code(exc) in NOT_FOUND:
                     return None
                 raise
             return got["Body"].read(), got["ETag"]
@@ -99,7 +102,7 @@ class ObjectPath:
                 return self.store.client.put_object(Bucket=self.bucket, Key=self.key, Body=data,
                                                     **extra)["ETag"]
             except Exception as exc:
-                if error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                if error_code(exc) in PRECONDITION_FAILED:
                     raise PreconditionFailed(str(self)) from None
                 raise
 
@@ -112,9 +115,9 @@ class ObjectPath:
             try:
                 self.store.client.delete_object(Bucket=self.bucket, Key=self.key, **extra)
             except Exception as exc:
-                if error_code(exc) in ("PreconditionFailed", "412"):
+                if error_code(exc) in PRECONDITION_FAILED:
                     raise PreconditionFailed(str(self)) from None
-                if error_code(exc) in ("NoSuchKey", "404") and missing_ok:
+                if error_code(exc) in NOT_FOUND and missing_ok:
                     return
                 raise
 
@@ -133,13 +136,18 @@ class ObjectPath:
         with self._errors():
             self.store.client.upload_file(local, self.bucket, self.key)
 
+    def download(self, local) -> None:
+        """Copy the object to a local file (ranged parts in parallel where large)."""
+        with self._errors():
+            self.store.client.download_file(self.bucket, self.key, str(local))
+
     def etag(self) -> str | None:
         """The object's ETag (its version), or None if there is none."""
         with self._errors():
             try:
                 return self.store.client.head_object(Bucket=self.bucket, Key=self.key)["ETag"]
             except Exception as exc:
-                if error_code(exc) in ("NoSuchKey", "404", "NotFound"):
+                if error_code(exc) in NOT_FOUND:
                     return None
                 raise
 
@@ -184,6 +192,18 @@ class ObjectPath:
 
     def _errors(self):
         return s3_errors(str(self), self.store.settings)
+
+
+def parquet_dataset(paths: list[ObjectPath], columns: list[str] | None = None):
+    """A pyarrow dataset over these parquet objects, read through the store's S3 filesystem
+    (DuckDB scans it lazily once registered); a scanner reader of `columns` when given."""
+    import pyarrow.dataset as ds
+
+    first = paths[0]
+    with s3_errors(str(first), first.store.settings):
+        dataset = ds.dataset([p.arrow_path for p in paths], format="parquet",
+                             filesystem=first.store.filesystem)
+        return dataset if columns is None else dataset.scanner(columns=columns).to_reader()
 
 
 def open_parquet(path):
