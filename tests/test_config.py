@@ -143,9 +143,13 @@ def test_object_storage_settings_layer_over_the_aws_variables(project, monkeypat
     assert "resource-secret-value" not in repr(request) + repr(settings)
     with pytest.raises(DaedalusError, match=r"s3_secret_access_key: the object store's keys come"):
         build_request(RequestOptions(**options, s3_access_key_id="rk", origin="DaedalusConfig."))
+    with pytest.raises(DaedalusError, match=r"s3_access_key_id: the object store's keys come"):
+        build_request(RequestOptions(**options, s3_secret_access_key="s",
+                                     origin="DaedalusConfig."))
 
-    project.base.write_text(text + "object_storage:\n  secret_access_key: abc\n")
-    assert main(["status", "dssm_ranking", *project.cli_flags()]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "object_storage.secret_access_key: credentials are not read" \
-        " from config files" in err and "abc" not in err
+    for key in ("access_key_id", "secret_access_key"):
+        project.base.write_text(text + f"object_storage:\n  {key}: value-that-must-not-show\n")
+        assert main(["status", "dssm_ranking", *project.cli_flags()]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and f"object_storage.{key}: credentials are not read" \
+            " from config files" in err and "value-that-must-not-show" not in err

@@ -433,13 +433,18 @@ def test_the_dagster_resource_carries_the_storage_settings_and_no_key_is_written
     home.mkdir()
     instance = dg.DagsterInstance.from_config(str(home))
     job = build_defs(resource).resolve_job_def("dssm_ranking_daily")
-    result = job.execute_in_process(partition_key=DAYS[0], instance=instance)
+    # The IO manager of a deployed run: op outputs pickled into the instance's storage.
+    io_manager = dg.FilesystemIOManager(base_dir=str(home / "storage"))
+    result = job.execute_in_process(partition_key=DAYS[0], instance=instance,
+                                    resources={"io_manager": io_manager})
     assert result.success
+    assert not [name for name in os.environ if name.startswith("AWS_")]  # restored after Ray
     for stage_root, local_root in ((root, local), (f"{root}_enriched", Path(f"{local}_enriched"))):
         manifest, parts = committed_parts(s3_server, stage_root, DAYS[0])
         assert same_content(parts, local_parts(local_root, DAYS[0])), stage_root
         assert SECRET_KEY not in json.dumps(manifest)
     written = [p for p in home.rglob("*") if p.is_file()]
-    assert written and not [p for p in written if SECRET_KEY.encode() in p.read_bytes()]
+    assert any("compile_pipeline" in str(p) for p in written)  # an op output, on disk
+    assert not [p for p in written if SECRET_KEY.encode() in p.read_bytes()]
     out = capfd.readouterr()
     assert SECRET_KEY not in out.out + out.err

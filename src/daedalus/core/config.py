@@ -86,6 +86,13 @@ class ObjectStorage(_Frozen):
     access_key_id: str | None = Field(None, repr=False)
     secret_access_key: SecretStr | None = Field(None, repr=False)
 
+    @model_validator(mode="after")
+    def _pair(self) -> ObjectStorage:
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("access_key_id and secret_access_key come as a pair (set both or"
+                             " neither)")
+        return self
+
 
 CREDENTIAL_KEYS = ("access_key_id", "secret_access_key")
 
@@ -316,7 +323,8 @@ def _explain(exc: ValidationError, path: Path) -> DaedalusError:
     if err["type"] == "missing":
         return DaedalusError(f"{path}: {loc}: required key is missing (fix: add `{loc}:`)")
     got = err.get("input")
-    shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+    secret = bool({"access_key_id", "secret_access_key"} & {str(part) for part in err["loc"]})
+    shown = "" if isinstance(got, dict | list) or got is None or secret else f" (got {got!r})"
     return DaedalusError(f"{path}: {loc}: {msg}{shown} (fix: correct `{loc}` in {path})")
 
 

@@ -54,7 +54,8 @@ class DaedalusConfig(dg.ConfigurableResource):
             `AWS_SECRET_ACCESS_KEY` (or boto3's chain). Give them as `dg.EnvVar("...")` so the
             run config holds the variable's name, never the key; a local Ray cluster's workers
             get them at start, an existing cluster's nodes use their own.
-        s3_secret_access_key: The secret key; shown nowhere.
+        s3_secret_access_key: The secret key; shown nowhere by Daedalus (as a literal string,
+            not a `dg.EnvVar`, Dagster's UI shows it with the resource's config).
         audit_max_rows: The leakage check audits every row of the day; a number opts into a
             repeatable sample of at most that many rows (the check's metadata says which).
     """

@@ -70,13 +70,15 @@ class RayRuntime:
     def started(self) -> bool:
         return self.envelope is not None
 
-    def start(self, envelope: RayEnvelope, worker_env: dict[str, str] | None = None) -> RayEnvelope:
+    def start(self, envelope: RayEnvelope,
+              worker_env: dict[str, str | None] | None = None) -> RayEnvelope:
         """Ray for `envelope`, started or connected once and then reused; returns the
         effective envelope (what the cluster holds).
 
-        `worker_env`: variables a local cluster's processes start with (the run's object-store
-        settings, so its workers reach the bucket as the driver does); this process's own
-        environment is left as it was. An existing cluster's nodes keep their own."""
+        `worker_env`: variables a local cluster's processes start with, None to start without
+        one (the run's object-store settings, so its workers reach the bucket as the driver
+        does); this process's own environment is left as it was. An existing cluster's nodes
+        keep their own."""
         address = envelope.address
         if self.started and self.address == address and _ray_up():
             return replace(self.envelope, num_workers=envelope.num_workers,
@@ -114,7 +116,7 @@ class RayRuntime:
         if self._saved_env is not None:
             saved, self._saved_env = self._saved_env, None
             for name, value in saved.items():
-                _restore_env(name, value)
+                _set_env(name, value)
             _loopback_only(False, saved[_LOOPBACK_ENV])
             if "ray" in sys.modules:
                 _reload_auth_mode()
@@ -137,7 +139,7 @@ class RayRuntime:
             ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR,
                      namespace="daedalus")
 
-    def _start_local(self, envelope: RayEnvelope, worker_env: dict[str, str]) -> None:
+    def _start_local(self, envelope: RayEnvelope, worker_env: dict[str, str | None]) -> None:
         import ray
 
         local = envelope.clamped_to_machine()
@@ -151,7 +153,8 @@ class RayRuntime:
         # variables are set for that moment only (not passed as a runtime_env, which Ray keeps
         # in its control store and shows).
         before = {name: os.environ.get(name) for name in worker_env}
-        os.environ.update(worker_env)
+        for name, value in worker_env.items():
+            _set_env(name, value)
         try:
             with _no_fork_warning():
                 ray.init(address="local", num_cpus=local.num_cpus,
@@ -162,16 +165,16 @@ class RayRuntime:
                          _system_config={"num_workers_soft_limit": idle_workers(local)})
         finally:
             for name, value in before.items():
-                _restore_env(name, value)
+                _set_env(name, value)
         # Ray's local init writes RAY_AUTH_MODE=token into this process's environment, where
         # it outlives the cluster: a later runtime would take it for the user's choice and
         # use a token against a tokenless cluster. Its own processes already have it.
-        _restore_env(_AUTH_ENV, self._saved_env[_AUTH_ENV])
+        _set_env(_AUTH_ENV, self._saved_env[_AUTH_ENV])
         self.progress(f"ray: local cluster on 127.0.0.1, {local.num_cpus} CPUs,"
                       f" {local.object_store_gb:g} GiB object store")
 
 
-def _restore_env(name: str, value: str | None) -> None:
+def _set_env(name: str, value: str | None) -> None:
     if value is None:
         os.environ.pop(name, None)
     else:

@@ -18,7 +18,7 @@ import contextlib
 import functools
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 from daedalus.core.config import ObjectStorage
@@ -62,14 +62,14 @@ class S3Settings:
                        None if keys else env.secret_access_key),
                    session_token=None if keys else env.session_token)
 
-    def environment(self) -> dict[str, str]:
-        """These settings as the `AWS_*` variables, for the processes of a local Ray cluster
-        (an `ObjectPath` shipped to a worker takes its settings from the worker's variables)."""
-        pairs = {"AWS_ENDPOINT_URL": self.endpoint_url, "AWS_REGION": self.region,
-                 "AWS_ACCESS_KEY_ID": self.access_key_id,
-                 "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
-                 "AWS_SESSION_TOKEN": self.session_token}
-        return {name: value for name, value in pairs.items() if value}
+    def environment(self) -> dict[str, str | None]:
+        """These settings as every `AWS_*` variable `from_env` reads (None: unset it), for the
+        processes of a local Ray cluster, whose workers take their keys from their variables."""
+        return {"AWS_ENDPOINT_URL": self.endpoint_url, "AWS_ENDPOINT_URL_S3": self.endpoint_url,
+                "AWS_REGION": self.region, "AWS_DEFAULT_REGION": self.region,
+                "AWS_ACCESS_KEY_ID": self.access_key_id,
+                "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
+                "AWS_SESSION_TOKEN": self.session_token}
 
     @property
     def shown_endpoint(self) -> str:
@@ -85,13 +85,14 @@ class ObjectStore:
     def __repr__(self) -> str:
         return f"ObjectStore({self.settings.shown_endpoint})"
 
-    # Shipped to a Ray worker, a store carries no settings: the worker reads its own `AWS_*`
-    # variables (a local cluster's workers inherit the driver's), so no key is ever pickled.
+    # Shipped to a Ray worker, a store carries its endpoint and region but no key: the worker
+    # takes its keys from its own `AWS_*` variables (a local cluster's workers start with the
+    # run's), so no key is ever pickled, and every node talks to the driver's server.
     def __getstate__(self) -> dict:
-        return {}
+        return {"endpoint_url": self.settings.endpoint_url, "region": self.settings.region}
 
     def __setstate__(self, state: dict) -> None:
-        self.settings = S3Settings.from_env()
+        self.settings = replace(S3Settings.from_env(), **state)
 
     @cached_property
     def client(self):

@@ -137,8 +137,9 @@ def _build_lock(path: Path) -> Iterator[None]:
 
 
 def build_store(config: Config, name: str, *, force: bool = False,
-                progress: Progress = _silent) -> dict:
-    """Build the store from its source (or keep the one there unless `force`); return its info."""
+                keep_fingerprint: str | None = None, progress: Progress = _silent) -> dict:
+    """Build the store from its source (or keep the one there unless `force`, or unless its
+    source fingerprint is `keep_fingerprint`, as found under the build lock); return its info."""
     import lance
 
     spec = store_spec(config, name)
@@ -147,7 +148,8 @@ def build_store(config: Config, name: str, *, force: bool = False,
     path.parent.mkdir(parents=True, exist_ok=True)
     with _build_lock(path):
         _sweep_builds(path)
-        if is_store(path) and not force:
+        if is_store(path) and (not force or (keep_fingerprint is not None and _metadata(path).get(
+                "source_fingerprint") == keep_fingerprint)):
             return store_info(config, name)
         source = source_path(config, spec)
         files = source_files(source)
@@ -226,7 +228,9 @@ def node_store_recipe(config: Config, name: str, path: Path) -> dict[str, Any] |
     With sources in object storage and a relative `store_root`, each node resolves the store
     against its own working directory and builds it there from the bucket on first use. The
     config travels without keys: a node's `AWS_*` variables (or role) reach the bucket."""
-    if not isinstance(sources_root(config), ObjectPath) or Path(config.base.store_root).is_absolute():
+    spec = store_spec(config, name)
+    if (not isinstance(sources_root(config), ObjectPath) or config.store_path(spec).is_absolute()
+            or Path(spec.source_parquet).is_absolute()):
         return None
     storage = config.base.object_storage.model_copy(
         update={"access_key_id": None, "secret_access_key": None})
@@ -238,13 +242,18 @@ def node_store_recipe(config: Config, name: str, path: Path) -> dict[str, Any] |
 
 def store_on_this_node(config: Config, name: str, source_fingerprint: str | None) -> Path:
     """The store as this process resolves its path (a node's own working directory), built
-    there when missing, and again when its source fingerprint is not the driver's copy's."""
+    there when missing, and again when its source fingerprint is not the driver's copy's. The
+    checks run under the store's build lock, so of a node's actors one builds and the others
+    find its copy. A source that changed since the driver built its copy is an error: the
+    day's manifest records the driver's store version."""
     spec = store_spec(config, name)
     path = config.store_path(spec).absolute()
-    if not is_store(path):
-        build_store(config, name)  # a second actor of the node waits, then finds it built
-    if _metadata(path).get("source_fingerprint") != source_fingerprint:
-        build_store(config, name, force=True)
+    build_store(config, name, force=source_fingerprint is not None,
+                keep_fingerprint=source_fingerprint)
+    built = _metadata(path).get("source_fingerprint")
+    if source_fingerprint is not None and built != source_fingerprint:
+        raise DaedalusError(f"{path}: store {name}: its source {spec.source_parquet} changed"
+                            " since this run's driver built its copy (fix: rerun the day)")
     return path
 
 
