@@ -153,3 +153,27 @@ def test_object_storage_settings_layer_over_the_aws_variables(project, monkeypat
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and f"object_storage.{key}: credentials are not read" \
             " from config files" in err and "value-that-must-not-show" not in err
+
+
+def test_a_path_shipped_to_a_worker_carries_endpoint_and_region_never_a_key(monkeypatch):
+    """An `ObjectPath` pickled into a Ray task: the sender's endpoint and region, the receiving
+    process's own keys, and one store (one set of clients) per settings there."""
+    import pickle
+
+    from daedalus.storage.objects import ObjectPath
+    from daedalus.storage.s3 import S3Settings, object_store
+
+    sent = object_store(S3Settings(endpoint_url="http://sender:9000", region="eu-north-1",
+                                   access_key_id="sender-key-id",
+                                   secret_access_key="sender-secret-value"))
+    blob = pickle.dumps([ObjectPath("bucket", "a/b", sent), ObjectPath("bucket", "c", sent)])
+    assert b"sender-secret-value" not in blob and b"sender-key-id" not in blob
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "worker-key-id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "worker-secret-value")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://elsewhere:1")
+    first, second = pickle.loads(blob)
+    settings = first.store.settings
+    assert (settings.endpoint_url, settings.region, settings.access_key_id,
+            settings.secret_access_key) == ("http://sender:9000", "eu-north-1", "worker-key-id",
+                                            "worker-secret-value")
+    assert first.store is second.store is pickle.loads(blob)[0].store

@@ -87,12 +87,10 @@ class ObjectStore:
 
     # Shipped to a Ray worker, a store carries its endpoint and region but no key: the worker
     # takes its keys from its own `AWS_*` variables (a local cluster's workers start with the
-    # run's), so no key is ever pickled, and every node talks to the driver's server.
-    def __getstate__(self) -> dict:
-        return {"endpoint_url": self.settings.endpoint_url, "region": self.settings.region}
-
-    def __setstate__(self, state: dict) -> None:
-        self.settings = replace(S3Settings.from_env(), **state)
+    # run's), so no key is ever pickled, and every node talks to the driver's server. The
+    # worker's store is its process's one per settings, so its clients are made once.
+    def __reduce__(self):
+        return worker_store, (self.settings.endpoint_url, self.settings.region)
 
     @cached_property
     def client(self):
@@ -129,6 +127,11 @@ class ObjectStore:
 def object_store(settings: S3Settings) -> ObjectStore:
     """The one `ObjectStore` per settings in this process: boto3 clients are slow to make."""
     return ObjectStore(settings)
+
+
+def worker_store(endpoint_url: str | None, region: str) -> ObjectStore:
+    """The store of an unpickled path: the sender's endpoint and region, this process's keys."""
+    return object_store(replace(S3Settings.from_env(), endpoint_url=endpoint_url, region=region))
 
 
 # The error codes the fix depends on; anything else is reported with its code.
