@@ -1,7 +1,7 @@
 """`make bench`: the `bench` preset's 1M-impression day end to end, one table with its floors.
 
 Runs, each a fresh `daeda` child process over an empty output root:
-  skeleton (duckdb engine), skeleton (polars engine), train (skeleton then enrich, one process,
+  skeleton (duckdb, polars and daft engines), train (skeleton then enrich, one process,
   Ray started inside it; the enrich row is that run's enrich stage).
 Floors, measured in this same run on the same data:
   one-statement the whole skeleton day as one hand-written DuckDB statement
@@ -256,9 +256,12 @@ def main() -> None:
     config = load_config()
     pipeline = compiled_pipeline(load_registry(), "dssm_ranking", config)
     work = Path(tempfile.mkdtemp(prefix="bench-", dir=BENCH))
-    polars_runtime = work / "runtime-polars.yaml"
     runtime = REPO / "config/training/runtime.yaml"
-    polars_runtime.write_text(runtime.read_text().replace("engine: duckdb", "engine: polars"))
+    runtimes = {"duckdb": runtime}
+    for engine in ("polars", "daft"):  # the RollingAggregate on another engine, same bytes
+        runtimes[engine] = work / f"runtime-{engine}.yaml"
+        runtimes[engine].write_text(runtime.read_text().replace("engine: duckdb",
+                                                                f"engine: {engine}"))
     # No Dagster record: the bench's days are not the project's, and the floors record nothing.
     common = ["--target-date", DAY, "--pipelines-dir", str(work / "pipelines"),
               "--no-dagster-record"]
@@ -267,7 +270,7 @@ def main() -> None:
     ray = ["--ray-num-cpus", str(args.ray_num_cpus)] if args.ray_num_cpus else []
     rows: list[dict] = []
     try:
-        for engine, runtime_path in (("duckdb", runtime), ("polars", polars_runtime)):
+        for engine, runtime_path in runtimes.items():
             log(f"skeleton ({engine}) ...")
             out = work / f"skel-{engine}"
             summary, wall, cpu, rss = daeda(

@@ -136,7 +136,7 @@ class DuckDBSettings(_Frozen):
 
 
 class ComputeSettings(_Frozen):
-    engine: Literal["duckdb", "polars"] = "duckdb"
+    engine: Literal["duckdb", "polars", "daft"] = "duckdb"
     duckdb_config: DuckDBSettings = DuckDBSettings()
 
 

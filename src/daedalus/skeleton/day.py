@@ -217,15 +217,18 @@ class DayRun:
                 self._udf(op)
         finally:
             self.order.pass_turn(self.index)
-        if self.config.runtime.compute.engine == "polars":
+        if self.config.runtime.compute.engine != "duckdb":
             for op in self.plan.ops:
                 if isinstance(op, RollingAggregate):
-                    self._rolling_polars(op)
+                    self._rolling_elsewhere(op, self.config.runtime.compute.engine)
         return rows
 
-    def _rolling_polars(self, op: RollingAggregate) -> None:
-        """`compute.engine: polars`: the same scanned inputs, aggregated by Polars."""
-        from daedalus.skeleton.polars_engine import rolling_aggregate
+    def _rolling_elsewhere(self, op: RollingAggregate, engine: str) -> None:
+        """`compute.engine: polars` or `daft`: the same scanned inputs, aggregated there."""
+        if engine == "daft":
+            from daedalus.skeleton.daft_engine import rolling_aggregate
+        else:
+            from daedalus.skeleton.polars_engine import rolling_aggregate
 
         started = time.perf_counter()
         spine, view = op.inputs

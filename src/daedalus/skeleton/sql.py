@@ -377,10 +377,10 @@ UDF_MATERIALIZED = (
     "its values come from a Python function on the day's date-order turn, so they are held"
     " in memory (one row per input value) and joined into the day's single statement"
 )
-POLARS_MATERIALIZED = (
-    "compute.engine: polars computes it from its scanned inputs, so its rows are held in"
-    " memory as an Arrow table that the day's single statement reads in place"
-)
+def engine_materialized(engine: str) -> str:
+    """Why a RollingAggregate computed by another engine than DuckDB is held, not streamed."""
+    return (f"compute.engine: {engine} computes it from its scanned inputs, so its rows are held"
+            " in memory as an Arrow table that the day's single statement reads in place")
 
 
 def with_sql(pipeline: OperatorPipeline, engine: str = "duckdb") -> OperatorPipeline:
@@ -392,8 +392,8 @@ def with_sql(pipeline: OperatorPipeline, engine: str = "duckdb") -> OperatorPipe
             update: dict[str, Any] = {"sql": operator_sql(op, pipeline), "materialized": None}
             if isinstance(op, ArrowUdfTransform):
                 update["materialized"] = UDF_MATERIALIZED
-            elif isinstance(op, RollingAggregate) and engine == "polars":
-                update["materialized"] = POLARS_MATERIALIZED
+            elif isinstance(op, RollingAggregate) and engine != "duckdb":
+                update["materialized"] = engine_materialized(engine)
             op = op.model_copy(update=update)
         ops.append(op)
     return pipeline.model_copy(update={"operators": tuple(ops)})

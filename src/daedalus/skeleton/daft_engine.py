@@ -1,0 +1,118 @@
+"""The RollingAggregate operator on Daft (`compute.engine: daft`), same output as DuckDB.
+
+The numbered-sequence-and-slice plan of the RollingAggregate SQL (`daedalus.skeleton.sql`), as
+one Daft query over the Arrow tables the skeleton day scanned, on Daft's native runner:
+
+- marks: per entity and timestamp, how many rows (or non-null values of a column) are at or
+  before it, a running sum over the entity's timestamps (equal timestamps collapsed first, so
+  an as-of match lands on the whole group);
+- for each spine row, `join_asof` finds the count before `t` and before each window start
+  `t - window`. Daft's backward as-of join matches `<=`; the marks' timestamps are shifted by
+  one microsecond (the timestamps' unit), so `ts + 1us <= probe` is exactly `ts < probe`;
+- a list is a slice of the entity's rows in list order: Daft sorts the view by entity and
+  list order, and each spine row's list is the run `[first, hi)` of that entity's block,
+  gathered from the sorted column by offsets.
+
+NULL entities match nothing (counts 0, lists empty), as in the SQL's ASOF and LEFT joins.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pyarrow as pa
+
+from daedalus.core.config import parse_duration
+from daedalus.core.operators import RollingAggregate, RollingSpec
+
+SPINE_ROW = "spine_row"
+_E, _TS, _T = "__entity", "__ts", "__t"
+_TICK = dt.timedelta(microseconds=1)
+
+
+def _counter(spec: RollingSpec) -> str:
+    """Which running count a spec slices by (the SQL's `_counter`): rows or non-null values."""
+    if spec.function == "last_n_list" or spec.column is None:
+        return "__n_rows"
+    return f"__n_{spec.column}"
+
+
+def _list_order(spec: RollingSpec, ts: str) -> list[str]:
+    order = list(spec.order_by) or [ts]
+    return [*order, spec.column] if spec.column not in order else order
+
+
+def rolling_aggregate(op: RollingAggregate, spine: pa.Table, rows: pa.Table,
+                      spine_ts: str) -> pa.Table:
+    """`spine_row` plus one column per aggregation, for every spine row (in `spine_row` order).
+
+    `spine` has `spine_row`, the entity and `spine_ts`; `rows` is the view's scanned rows.
+    """
+    import daft
+    from daft import Window, col
+
+    entity, ts = op.entity, op.timestamp_field
+    counters = list(dict.fromkeys(_counter(s) for s in op.aggregations))
+    windows = list(dict.fromkeys(s.window for s in op.aggregations))
+    view = daft.from_arrow(rows).where(col(entity).not_null())
+    keys = daft.from_arrow(spine.select([SPINE_ROW, entity, spine_ts])).select(
+        col(SPINE_ROW), col(entity).alias(_E), col(spine_ts).alias(_T))
+
+    counts = [col(_TS).count("all").alias(c) if c == "__n_rows" else col(c[4:]).count().alias(c)
+              for c in counters]
+    running = Window().partition_by(_E).order_by(_TS).rows_between(
+        Window.unbounded_preceding, Window.current_row)
+    marks = (view.select(col(entity).alias(_E), col(ts).alias(_TS), *[
+                 col(c[4:]) for c in counters if c != "__n_rows"])
+             .groupby(_E, _TS).agg(*counts)
+             .select(col(_E), (col(_TS) + _TICK).alias(_TS),
+                     *[col(c).sum().over(running).cast(daft.DataType.int64()).alias(c)
+                       for c in counters]))
+    probes = {"t": col(_T)}
+    for w in windows:
+        probes[w] = col(_T) - parse_duration(w)
+    bounds = keys
+    for label, probe in probes.items():
+        bounds = (bounds.with_column("__probe", probe)
+                  .join_asof(marks, left_on="__probe", right_on=_TS, by=_E, strategy="backward")
+                  .select(*[col(n) for n in bounds.column_names],
+                          *[col(c).fill_null(0).alias(f"{c}@{label}") for c in counters]))
+    bounds = bounds.sort(SPINE_ROW).to_arrow()
+
+    columns = [bounds.column(SPINE_ROW)]
+    names = [SPINE_ROW]
+    for s in op.aggregations:
+        c = _counter(s)
+        hi = bounds.column(f"{c}@t").to_numpy()
+        lo = bounds.column(f"{c}@{s.window}").to_numpy()
+        names.append(s.name)
+        if s.function == "count":
+            columns.append(pa.array(hi - lo, pa.int64()))
+            continue
+        first = np.maximum(lo, hi - s.max_items) if s.max_items else lo
+        columns.append(_slices(view, entity, s, ts, bounds.column(_E), first, hi))
+    return pa.Table.from_arrays(columns, names=names)
+
+
+def _slices(view, entity: str, spec: RollingSpec, ts: str, entities: pa.ChunkedArray,
+            first: np.ndarray, hi: np.ndarray) -> pa.ListArray:
+    """Each spine row's `[first, hi)` run of its entity's values in list order."""
+    from daft import col
+
+    order = _list_order(spec, ts)
+    ordered = view.sort([col(entity), *[col(c) for c in order]],
+                        nulls_first=[False] * (len(order) + 1)).select(
+        col(entity), col(spec.column)).to_arrow()
+    sorted_entities = ordered.column(entity).to_numpy()
+    values = ordered.column(spec.column).combine_chunks()
+    present, base = np.unique(sorted_entities, return_index=True)
+    wanted = entities.fill_null(0).to_numpy()
+    at = np.searchsorted(present, wanted).clip(0, max(present.size - 1, 0))
+    starts = (base[at] if present.size else np.zeros_like(wanted)) + first
+    lengths = np.where(hi > first, hi - first, 0)
+    offsets = np.zeros(lengths.size + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    take = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values.take(take),
+                                    type=pa.list_(values.type))
