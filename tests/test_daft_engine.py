@@ -73,3 +73,24 @@ def test_the_daft_engine_really_runs_the_aggregate(planted, tmp_path, monkeypatc
     use_daft(planted)
     assert train(planted, "--output-root", str(tmp_path / "out")) == 0
     assert len(calls) == 2, calls  # D1 and D2; D3 has no impressions
+
+
+def test_the_engine_flag_picks_the_engine_and_a_bad_one_is_one_line(planted, tmp_path,  # noqa: F811
+                                                                    capsys):
+    """`--engine daft` overrides runtime.yaml's compute.engine for the run (and `status`);
+    the DAG says which engine computes the aggregate; an unknown engine is one line."""
+    out = str(tmp_path / "out")
+    assert train(planted, "--output-root", out, "--engine", "daft", "--dry-run") == 0
+    assert train(planted, "--output-root", out, "--engine", "daft") == 0
+    capsys.readouterr()
+    flags = ["--pipelines-dir", str(planted.pipelines), *planted.cli_flags(), "--output-root", out]
+    assert main(["status", "dssm_ranking", *flags, "--engine", "daft", "--from", str(D1),
+                 "--to", str(D2)]) == 0
+    assert capsys.readouterr().out.count(" complete ") == 2  # both days (the skeleton stage)
+    assert main(["pipeline", "compile", "dssm_ranking", "--no-write", "--engine", "daft",
+                 *planted.cli_flags()]) == 0
+    assert "compute.engine: daft computes it" in capsys.readouterr().out
+    assert train(planted, "--output-root", out, "--engine", "spark") == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: --engine: 'spark' is not an engine of the rolling aggregate (fix: one"
+                   " of duckdb, polars, daft)")

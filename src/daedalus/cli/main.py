@@ -49,7 +49,7 @@ def _options(args, **choices) -> RequestOptions:
     """The request options the command's flags name (flags a command lacks keep the default)."""
     flags = {name: getattr(args, name) for name in (
         "base_config_path", "runtime_config_path", "aggregation_config_path",
-        "feature_views_dir", "feature_services_dir", "pipelines_dir", "output_root")
+        "feature_views_dir", "feature_services_dir", "pipelines_dir", "output_root", "engine")
         if getattr(args, name, None) is not None}
     return RequestOptions(service=getattr(args, "service", ""), **flags, **choices)
 
@@ -181,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--output-dir", default="config/pipelines")
     comp.add_argument("--print", action="store_true", help="also print the compiled DAG's YAML")
     comp.add_argument("--no-write", action="store_true", help="print the YAML, write nothing")
+    comp.add_argument("--engine", default=None, help="as `pipeline train --engine`")
     _add_config_flags(comp)
     comp.set_defaults(func=cmd_compile)
 
@@ -192,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--output-root", default=None)
     train.add_argument("--target-date", default=None, help="one YYYY-MM-DD day")
     train.add_argument("--day-workers", type=int, default=None)
+    train.add_argument("--engine", default=None,
+                       help="the rolling aggregate's engine: duckdb, polars or daft (same bytes;"
+                            " default: runtime.yaml's compute.engine)")
     stage = train.add_mutually_exclusive_group()
     stage.add_argument("--skeleton-only", action="store_true")
     stage.add_argument("--enrich-only", action="store_true")
@@ -211,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--from", dest="date_from", default=None, help="first day (default feed_start)")
     status.add_argument("--to", dest="date_to", default=None, help="last day (default feed_end)")
     status.add_argument("--output-root", default=None)
+    status.add_argument("--engine", default=None, help="as `pipeline train --engine`")
     status.add_argument("--pipelines-dir", default="config/pipelines")
     status.add_argument("--json", action="store_true")
     _add_config_flags(status)

@@ -47,6 +47,8 @@ class DaedalusConfig(dg.ConfigurableResource):
         ray_memory_gb: Ray memory budget in GiB; None keeps runtime.yaml.
         ray_object_store_gb: Ray object store in GiB; None keeps runtime.yaml.
         ray_address: An existing Ray cluster; None uses `RAY_ADDRESS` or a local Ray.
+        engine: The rolling aggregate's engine (duckdb, polars or daft; the same bytes); None
+            keeps runtime.yaml's `compute.engine`.
         s3_endpoint_url: The S3-compatible server of `s3://` roots; None keeps base.yaml's
             `object_storage.endpoint_url`, else `AWS_ENDPOINT_URL`.
         s3_region: Its region; None keeps base.yaml, else `AWS_REGION`.
@@ -74,6 +76,7 @@ class DaedalusConfig(dg.ConfigurableResource):
     ray_memory_gb: float | None = Field(default=None, gt=0)
     ray_object_store_gb: float | None = Field(default=None, gt=0)
     ray_address: str | None = None
+    engine: str | None = None
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
     s3_access_key_id: str | None = None

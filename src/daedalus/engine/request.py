@@ -19,6 +19,7 @@ from daedalus.core.config import (
     DEFAULT_AGGREGATION_CONFIG,
     DEFAULT_BASE_CONFIG,
     DEFAULT_RUNTIME_CONFIG,
+    ComputeSettings,
     Config,
     ObjectStorage,
     enriched_root_for,
@@ -66,6 +67,7 @@ class RequestOptions:
     ray_memory_gb: float | None = None
     ray_object_store_gb: float | None = None
     ray_address: str | None = None
+    engine: str | None = None
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
     s3_access_key_id: str | None = field(default=None, repr=False)
@@ -169,6 +171,13 @@ def _configured(options: RequestOptions) -> Config:
             f"{options.origin}enriched_output_root: {options.enriched_output_root!r} is not"
             f" {str(expected)!r}; the enrich stage writes to <output_root>_enriched"
             " (fix: drop enriched_output_root or set it to that path)")
+    if options.engine is not None:
+        engines = ComputeSettings.model_fields["engine"].annotation.__args__
+        if options.engine not in engines:
+            raise DaedalusError(f"{options.origin or '--'}engine: {options.engine!r} is not an"
+                                f" engine of the rolling aggregate (fix: one of {', '.join(engines)})")
+        config = config.with_runtime(compute=config.runtime.compute.model_copy(
+            update={"engine": options.engine}))
     if options.day_workers is not None:
         if options.day_workers <= 0:
             raise DaedalusError(f"--day-workers: {options.day_workers} is not a positive count"
