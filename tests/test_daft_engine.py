@@ -1,11 +1,13 @@
-"""`compute.engine: daft`: the RollingAggregate on Daft gives the DuckDB engine's bytes.
+"""`compute.engine: daft`: the RollingAggregate and the point-in-time joins on Daft give the
+DuckDB engine's bytes.
 
 Both engines run the whole skeleton stage over the planted edge cases of test_skeleton (ties
 at one timestamp, the 50-item cap, window and day boundaries to the microsecond, users who
 never liked, a hand-edited 3-day window and cap of 5) and the small demo preset; every output
 file and the qid map must be byte-identical, and the Daft output must match the reference.
-Daft's as-of join is backward `<=`; the edge cases at exactly `t` and `t - 7d` check that the
-engine makes it strict.
+Daft's as-of join is backward `<=`; the edge cases at exactly `t` (a like, a profile row, a
+stats row) and at `t - 7d` and the TTL boundaries check that the engine makes it strict, and
+the equal-timestamp profile rows that the largest values win.
 """
 
 from __future__ import annotations
@@ -67,12 +69,14 @@ def test_the_daft_engine_really_runs_the_aggregate(planted, tmp_path, monkeypatc
     import daedalus.skeleton.daft_engine as rolling_daft
 
     calls = []
-    real = rolling_daft.rolling_aggregate
-    monkeypatch.setattr(rolling_daft, "rolling_aggregate",
-                        lambda *a, **k: calls.append(a[0].name) or real(*a, **k))
+    for name in ("rolling_aggregate", "point_in_time_join"):
+        real = getattr(rolling_daft, name)
+        monkeypatch.setattr(rolling_daft, name, lambda *a, real=real, **k: calls.append(
+            type(a[0]).__name__) or real(*a, **k))
     use_daft(planted)
     assert train(planted, "--output-root", str(tmp_path / "out")) == 0
-    assert len(calls) == 2, calls  # D1 and D2; D3 has no impressions
+    # D1 and D2 (D3 has no impressions): the like aggregate and both point-in-time joins.
+    assert sorted(calls) == ["PointInTimeJoin"] * 4 + ["RollingAggregate"] * 2, calls
 
 
 def test_the_engine_flag_picks_the_engine_and_a_bad_one_is_one_line(planted, tmp_path,  # noqa: F811

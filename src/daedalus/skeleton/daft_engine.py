@@ -1,7 +1,9 @@
-"""The RollingAggregate operator on Daft (`compute.engine: daft`), same output as DuckDB.
+"""The RollingAggregate and PointInTimeJoin operators on Daft (`compute.engine: daft`), same
+output as DuckDB, each a Daft query (native runner) over the Arrow tables the skeleton day
+scanned; the day's DuckDB statement reads the results in place.
 
-The numbered-sequence-and-slice plan of the RollingAggregate SQL (`daedalus.skeleton.sql`), as
-one Daft query over the Arrow tables the skeleton day scanned, on Daft's native runner:
+`rolling_aggregate` is the numbered-sequence-and-slice plan of the RollingAggregate SQL
+(`daedalus.skeleton.sql`):
 
 - marks: per entity and timestamp, how many rows (or non-null values of a column) are at or
   before it, a running sum over the entity's timestamps (equal timestamps collapsed first, so
@@ -14,6 +16,10 @@ one Daft query over the Arrow tables the skeleton day scanned, on Daft's native 
   gathered from the sorted column by offsets.
 
 NULL entities match nothing (counts 0, lists empty), as in the SQL's ASOF and LEFT joins.
+
+`point_in_time_join` is the SQL's `ASOF LEFT JOIN ... t > feature_ts` with the TTL mask: the
+same one-microsecond shift makes Daft's `<=` a `<`, and equal timestamps of one key keep the
+row with the largest feature values (NULLs last), as the SQL's `QUALIFY row_number()` does.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from daedalus.core.config import parse_duration
-from daedalus.core.operators import RollingAggregate, RollingSpec
+from daedalus.core.operators import PointInTimeJoin, RollingAggregate, RollingSpec
 
 SPINE_ROW = "spine_row"
 _E, _TS, _T = "__entity", "__ts", "__t"
@@ -120,3 +126,41 @@ def _slices(view, entity: str, spec: RollingSpec, ts: str, entities: pa.ChunkedA
     take += np.arange(offsets[-1], dtype=index)
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values.take(take),
                                     type=pa.list_(values.type))
+
+
+def point_in_time_join(op: PointInTimeJoin, spine: pa.Table, rows: pa.Table,
+                       spine_ts: str) -> pa.Table:
+    """`spine_row` plus the op's features: per spine row, the view's latest row strictly
+    before `t` with equal keys (equal timestamps: the largest feature values, NULLs last),
+    its features NULL when that row is older than `t - ttl`; NULL keys match nothing."""
+    import daft
+    from daft import Window, col
+    from daft.functions import row_number, when
+
+    keys, ts, features = list(op.keys), op.timestamp_field, list(op.features)
+    view = daft.from_arrow(rows.select([*keys, ts, *features]))
+    for k in keys:
+        view = view.where(col(k).not_null())
+    # Equal timestamps for one key are rare: only their rows are ranked (a window over every
+    # row, each its own partition, costs ~40x more on the bench day); the rest pass as they are.
+    tied = (view.groupby(*keys, ts).agg(col(ts).count("all").alias("__n"))
+            .where(col("__n") > 1).select(*keys, ts))
+    ties = Window().partition_by(*keys, ts).order_by(
+        *features, desc=[True] * len(features), nulls_first=[False] * len(features))
+    ranked = (view.join(tied, on=[*keys, ts], how="semi")
+              .with_column("__rank", row_number().over(ties)).where(col("__rank") == 1)
+              .exclude("__rank"))
+    latest = (view.join(tied, on=[*keys, ts], how="anti").concat(ranked)
+              .select(*keys, (col(ts) + _TICK).alias(_TS), col(ts).alias("__fts"), *features))
+    left = daft.from_arrow(spine.select([SPINE_ROW, *keys, spine_ts])).select(
+        col(SPINE_ROW), *keys, col(spine_ts).alias(_T))
+    joined = left.join_asof(latest, left_on=_T, right_on=_TS, by=keys, strategy="backward")
+    visible = col("__fts").not_null()
+    if op.ttl:
+        visible = visible & (col("__fts") >= col(_T) - parse_duration(op.ttl))
+    out = joined.select(col(SPINE_ROW), *[when(visible, col(f)).otherwise(None).alias(f)
+                                          for f in features]).sort(SPINE_ROW).to_arrow()
+    fields = {f.name: f.type for f in rows.schema}
+    return pa.Table.from_arrays(
+        [out.column(SPINE_ROW), *(out.column(f).cast(fields[f]) for f in features)],
+        names=[SPINE_ROW, *features])

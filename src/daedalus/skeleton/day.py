@@ -27,7 +27,7 @@ import pyarrow as pa
 from daedalus.core.config import Config, enriched_root_for
 from daedalus.core.errors import DaedalusError
 from daedalus.core.faults import crash_point
-from daedalus.core.operators import ArrowUdfTransform, RollingAggregate
+from daedalus.core.operators import ArrowUdfTransform, PointInTimeJoin, RollingAggregate
 from daedalus.core.results import DayResult
 from daedalus.layout.days import day_lock, day_path, retire_day, staged_day
 from daedalus.layout.manifest import (
@@ -217,18 +217,22 @@ class DayRun:
                 self._udf(op)
         finally:
             self.order.pass_turn(self.index)
-        if self.config.runtime.compute.engine != "duckdb":
-            for op in self.plan.ops:
-                if isinstance(op, RollingAggregate):
-                    self._rolling_elsewhere(op, self.config.runtime.compute.engine)
+        engine = self.config.runtime.compute.engine
+        for op in self.plan.ops:
+            if isinstance(op, RollingAggregate) and engine != "duckdb" or (
+                    isinstance(op, PointInTimeJoin) and engine == "daft"):
+                self._elsewhere(op, engine)
         return rows
 
-    def _rolling_elsewhere(self, op: RollingAggregate, engine: str) -> None:
-        """`compute.engine: polars` or `daft`: the same scanned inputs, aggregated there."""
+    def _elsewhere(self, op: RollingAggregate | PointInTimeJoin, engine: str) -> None:
+        """`compute.engine: polars` (the rolling aggregate) or `daft` (it and the point-in-time
+        joins): the same scanned inputs, computed there, held for the statement."""
         if engine == "daft":
-            from daedalus.skeleton.daft_engine import rolling_aggregate
+            from daedalus.skeleton import daft_engine as module
         else:
-            from daedalus.skeleton.polars_engine import rolling_aggregate
+            from daedalus.skeleton import polars_engine as module
+        compute = (module.point_in_time_join if isinstance(op, PointInTimeJoin)
+                   else module.rolling_aggregate)
 
         started = time.perf_counter()
         spine, view = op.inputs
@@ -238,7 +242,7 @@ class DayRun:
             sql = self.plan.statement(self.plan.pipeline.op(name), set(self.held))
             with self._failures(name):
                 tables.append(self._query(sql).to_arrow_table())
-        self._hold(op.name, rolling_aggregate(op, tables[0], tables[1], spine_ts))
+        self._hold(op.name, compute(op, tables[0], tables[1], spine_ts))
         self.timings[op.name] = time.perf_counter() - started
 
     def _udf(self, op: ArrowUdfTransform) -> None:

@@ -392,7 +392,8 @@ def with_sql(pipeline: OperatorPipeline, engine: str = "duckdb") -> OperatorPipe
             update: dict[str, Any] = {"sql": operator_sql(op, pipeline), "materialized": None}
             if isinstance(op, ArrowUdfTransform):
                 update["materialized"] = UDF_MATERIALIZED
-            elif isinstance(op, RollingAggregate) and engine != "duckdb":
+            elif isinstance(op, RollingAggregate) and engine != "duckdb" or (
+                    isinstance(op, PointInTimeJoin) and engine == "daft"):
                 update["materialized"] = engine_materialized(engine)
             op = op.model_copy(update=update)
         ops.append(op)
