@@ -96,5 +96,5 @@ def test_the_engine_flag_picks_the_engine_and_a_bad_one_is_one_line(planted, tmp
     assert "compute.engine: daft computes it" in capsys.readouterr().out
     assert train(planted, "--output-root", out, "--engine", "spark") == 2
     err = capsys.readouterr().err.strip()
-    assert err == ("error: --engine: 'spark' is not an engine of the rolling aggregate (fix: one"
-                   " of duckdb, polars, daft)")
+    assert err == ("error: --engine: 'spark' is not an engine of the skeleton's heavy operators"
+                   " (fix: one of duckdb, polars, daft)")

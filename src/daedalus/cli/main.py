@@ -194,8 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--target-date", default=None, help="one YYYY-MM-DD day")
     train.add_argument("--day-workers", type=int, default=None)
     train.add_argument("--engine", default=None,
-                       help="the rolling aggregate's engine: duckdb, polars or daft (same bytes;"
-                            " default: runtime.yaml's compute.engine)")
+                       help="where the skeleton's heavy operators run: duckdb, polars (the rolling"
+                            " aggregate) or daft (it and the point-in-time joins); the same bytes;"
+                            " default: runtime.yaml's compute.engine")
     stage = train.add_mutually_exclusive_group()
     stage.add_argument("--skeleton-only", action="store_true")
     stage.add_argument("--enrich-only", action="store_true")

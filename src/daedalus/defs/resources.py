@@ -47,8 +47,9 @@ class DaedalusConfig(dg.ConfigurableResource):
         ray_memory_gb: Ray memory budget in GiB; None keeps runtime.yaml.
         ray_object_store_gb: Ray object store in GiB; None keeps runtime.yaml.
         ray_address: An existing Ray cluster; None uses `RAY_ADDRESS` or a local Ray.
-        engine: The rolling aggregate's engine (duckdb, polars or daft; the same bytes); None
-            keeps runtime.yaml's `compute.engine`.
+        engine: Where the skeleton's heavy operators run (duckdb; polars: the rolling aggregate;
+            daft: it and the point-in-time joins; the same bytes); None keeps runtime.yaml's
+            `compute.engine`.
         s3_endpoint_url: The S3-compatible server of `s3://` roots; None keeps base.yaml's
             `object_storage.endpoint_url`, else `AWS_ENDPOINT_URL`.
         s3_region: Its region; None keeps base.yaml, else `AWS_REGION`.

@@ -175,7 +175,8 @@ def _configured(options: RequestOptions) -> Config:
         engines = ComputeSettings.model_fields["engine"].annotation.__args__
         if options.engine not in engines:
             raise DaedalusError(f"{options.origin or '--'}engine: {options.engine!r} is not an"
-                                f" engine of the rolling aggregate (fix: one of {', '.join(engines)})")
+                                " engine of the skeleton's heavy operators"
+                                f" (fix: one of {', '.join(engines)})")
         config = config.with_runtime(compute=config.runtime.compute.model_copy(
             update={"engine": options.engine}))
     if options.day_workers is not None:
