@@ -93,8 +93,40 @@ def test_the_engine_flag_picks_the_engine_and_a_bad_one_is_one_line(planted, tmp
     assert capsys.readouterr().out.count(" complete ") == 2  # both days (the skeleton stage)
     assert main(["pipeline", "compile", "dssm_ranking", "--no-write", "--engine", "daft",
                  *planted.cli_flags()]) == 0
-    assert "compute.engine: daft computes it" in capsys.readouterr().out
+    assert "engine daft computes it" in capsys.readouterr().out
     assert train(planted, "--output-root", out, "--engine", "spark") == 2
     err = capsys.readouterr().err.strip()
     assert err == ("error: --engine: 'spark' is not an engine of the skeleton's heavy operators"
                    " (fix: one of duckdb, polars, daft)")
+
+
+def test_a_hand_edited_dag_runs_one_operator_on_daft(planted, tmp_path, capsys,  # noqa: F811
+                                                     monkeypatch):
+    """A compiled DAG's engines follow compute.engine (here duckdb: every operator `sql`); a
+    hand-edited one may put one operator elsewhere within its `can_run_on`: only that one runs
+    on Daft, the bytes are DuckDB's, and an engine it cannot run on is one line."""
+    import daedalus.skeleton.daft_engine as on_daft
+
+    flags = ["--output-dir", str(planted.pipelines), *planted.cli_flags()]
+    assert main(["pipeline", "compile", "dssm_ranking", *flags]) == 0
+    generated = (planted.pipelines / "dssm_ranking.generated.yaml").read_text()
+    assert "engine: daft" not in generated and "engine: polars" not in generated
+    head, rest = generated.split("name: pit_user_profile", 1)
+    edited = head + "name: pit_user_profile" + rest.replace("engine: sql", "engine: daft", 1)
+    (planted.pipelines / "dssm_ranking.yaml").write_text(edited)
+    calls = []
+    real = on_daft.point_in_time_join
+    monkeypatch.setattr(on_daft, "point_in_time_join",
+                        lambda *a: calls.append(a[0].name) or real(*a))
+    assert train(planted, "--output-root", str(tmp_path / "mixed")) == 0
+    assert calls == ["pit_user_profile", "pit_user_profile"]  # D1 and D2
+    (planted.pipelines / "dssm_ranking.yaml").unlink()
+    assert train(planted, "--output-root", str(tmp_path / "duckdb")) == 0
+    assert_same_bytes(tmp_path / "duckdb", tmp_path / "mixed")
+
+    (planted.pipelines / "dssm_ranking.yaml").write_text(
+        head + "name: pit_user_profile" + rest.replace("engine: sql", "engine: polars", 1))
+    capsys.readouterr()
+    assert train(planted, "--output-root", str(tmp_path / "bad")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "PointInTimeJoin cannot run on 'polars'" in err, err

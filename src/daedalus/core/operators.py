@@ -16,8 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from daedalus.core.errors import DaedalusError
 from daedalus.core.yamlio import dump_yaml, load_yaml_mapping
 
-Engine = Literal["sql", "sql_arrow_udf", "pythonic"]
-SOURCE_SIDE_ENGINES = frozenset({"sql", "sql_arrow_udf"})
+Engine = Literal["sql", "sql_arrow_udf", "polars", "daft", "pythonic"]
+# Source-side operators run in the skeleton stage: in DuckDB's statement, or (polars, daft) on
+# that engine over the same scanned Arrow tables, their result held for the statement.
+SOURCE_SIDE_ENGINES = frozenset({"sql", "sql_arrow_udf", "polars", "daft"})
 
 
 class _Frozen(BaseModel):
@@ -90,6 +92,8 @@ class PointInTimeJoin(_Op):
     ttl: str | None = None
     features: tuple[str, ...]
 
+    CAN_RUN_ON: ClassVar[frozenset[str]] = frozenset({"sql", "daft"})
+
 
 class RollingSpec(_Frozen):
     name: str
@@ -108,6 +112,8 @@ class RollingAggregate(_Op):
     entity: str
     timestamp_field: str
     aggregations: tuple[RollingSpec, ...]
+
+    CAN_RUN_ON: ClassVar[frozenset[str]] = frozenset({"sql", "polars", "daft"})
 
 
 class ArrowUdfTransform(_Op):
@@ -188,6 +194,15 @@ class OperatorPipeline(_Frozen):
     @property
     def enrichment(self) -> list[_Op]:
         return [op for op in self.operators if not op.source_side]
+
+    def on_engine(self, engine: str) -> OperatorPipeline:
+        """Every source-side operator that can run on `engine` (a `compute.engine`: duckdb is
+        the statement's `sql`) tagged with it; the others keep their engine."""
+        tag = "sql" if engine == "duckdb" else engine
+        ops = tuple(op.model_copy(update={"engine": tag})
+                    if op.source_side and op.engine == "sql" and tag in op.can_run_on() else op
+                    for op in self.operators)
+        return self.model_copy(update={"operators": ops})
 
     @property
     def has_enrichment(self) -> bool:

@@ -217,16 +217,14 @@ class DayRun:
                 self._udf(op)
         finally:
             self.order.pass_turn(self.index)
-        engine = self.config.runtime.compute.engine
         for op in self.plan.ops:
-            if isinstance(op, RollingAggregate) and engine != "duckdb" or (
-                    isinstance(op, PointInTimeJoin) and engine == "daft"):
-                self._elsewhere(op, engine)
+            if op.engine in ("polars", "daft"):
+                self._elsewhere(op, op.engine)
         return rows
 
     def _elsewhere(self, op: RollingAggregate | PointInTimeJoin, engine: str) -> None:
-        """`compute.engine: polars` (the rolling aggregate) or `daft` (it and the point-in-time
-        joins): the same scanned inputs, computed there, held for the statement."""
+        """An operator tagged `polars` (a rolling aggregate) or `daft` (it, a point-in-time
+        join): the same scanned inputs, computed there, held for the statement."""
         if engine == "daft":
             from daedalus.skeleton import daft_engine as module
         else:

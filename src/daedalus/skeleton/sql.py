@@ -378,23 +378,23 @@ UDF_MATERIALIZED = (
     " in memory (one row per input value) and joined into the day's single statement"
 )
 def engine_materialized(engine: str) -> str:
-    """Why a RollingAggregate computed by another engine than DuckDB is held, not streamed."""
-    return (f"compute.engine: {engine} computes it from its scanned inputs, so its rows are held"
-            " in memory as an Arrow table that the day's single statement reads in place")
+    """Why an operator another engine than DuckDB computes is held, not streamed."""
+    return (f"engine {engine} computes it from its scanned inputs, so its rows are held in"
+            " memory as an Arrow table that the day's single statement reads in place")
 
 
-def with_sql(pipeline: OperatorPipeline, engine: str = "duckdb") -> OperatorPipeline:
-    """Attach the SQL each `sql` operator will run, so the DAG shows it, and say which
-    operators' outputs are held rather than streamed, and why (`engine`: compute.engine)."""
+def with_sql(pipeline: OperatorPipeline) -> OperatorPipeline:
+    """Attach the SQL each source-side operator will run (or, on another engine, the SQL of
+    the plan it follows), so the DAG shows it, and say which operators' outputs are held
+    rather than streamed, and why."""
     ops = []
     for op in pipeline.operators:
         if op.source_side:
             update: dict[str, Any] = {"sql": operator_sql(op, pipeline), "materialized": None}
             if isinstance(op, ArrowUdfTransform):
                 update["materialized"] = UDF_MATERIALIZED
-            elif isinstance(op, RollingAggregate) and engine != "duckdb" or (
-                    isinstance(op, PointInTimeJoin) and engine == "daft"):
-                update["materialized"] = engine_materialized(engine)
+            elif op.engine in ("polars", "daft"):
+                update["materialized"] = engine_materialized(op.engine)
             op = op.model_copy(update=update)
         ops.append(op)
     return pipeline.model_copy(update={"operators": tuple(ops)})
