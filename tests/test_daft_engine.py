@@ -1,22 +1,14 @@
-"""`compute.engine: daft`: the RollingAggregate and the point-in-time joins on Daft give the
-DuckDB engine's bytes.
-
-Both engines run the whole skeleton stage over the planted edge cases of test_skeleton (ties
-at one timestamp, the 50-item cap, window and day boundaries to the microsecond, users who
-never liked, a hand-edited 3-day window and cap of 5) and the small demo preset; every output
-file and the qid map must be byte-identical, and the Daft output must match the reference.
-Daft's as-of join is backward `<=`; the edge cases at exactly `t` (a like, a profile row, a
-stats row) and at `t - 7d` and the TTL boundaries check that the engine makes it strict, and
-the equal-timestamp profile rows that the largest values win.
-"""
+"""What is Daft's own in `compute.engine: daft` (its bytes against DuckDB's, on the planted
+edge cases, a hand-edited window and the small demo, are in test_skeleton_engines.py): it
+really runs the aggregate and both point-in-time joins, `--engine` picks it, and a hand-edited
+DAG can move one operator to it. Daft's as-of join is backward `<=`; the planted cases at
+exactly `t` (a like, a profile row, a stats row), at `t - 7d` and at the TTL boundaries check
+that the engine makes it strict, and the equal-timestamp profile rows that the largest values
+win."""
 
 from __future__ import annotations
 
-import datetime as dt
-
-import pytest
-from reference import Rules, assert_same_rows, read_output, reference_days
-from test_polars_engine import assert_same_bytes
+from test_skeleton_engines import assert_same_bytes
 from test_skeleton import D1, D2, D3, planted, train  # noqa: F401
 
 from daedalus.cli import main
@@ -24,45 +16,6 @@ from daedalus.cli import main
 
 def use_daft(project) -> None:
     project.edit(project.runtime, "engine: duckdb", "engine: daft")
-
-
-def test_daft_engine_matches_duckdb_bytes_on_the_planted_edge_cases(planted, tmp_path,  # noqa: F811
-                                                                    capsys):
-    assert train(planted, "--output-root", str(tmp_path / "duckdb")) == 0
-    use_daft(planted)
-    assert train(planted, "--output-root", str(tmp_path / "daft")) == 0
-    assert_same_bytes(tmp_path / "duckdb", tmp_path / "daft")
-    expected, _ = reference_days(planted.root.parent / "sources", [D1, D2, D3])
-    for day in (D1, D2):
-        assert_same_rows(read_output(tmp_path / "daft" / f"dt={day}"), expected[day], str(day))
-
-
-def test_daft_engine_follows_a_hand_edited_window_and_cap(planted, tmp_path, capsys):  # noqa: F811
-    flags = ["--output-dir", str(planted.pipelines), *planted.cli_flags()]
-    assert main(["pipeline", "compile", "dssm_ranking", *flags]) == 0
-    generated = (planted.pipelines / "dssm_ranking.generated.yaml").read_text()
-    edited = generated.replace("max_items: 50", "max_items: 5").replace(
-        "    window: 7d\n", "    window: 3d\n")
-    (planted.pipelines / "dssm_ranking.yaml").write_text(edited)
-    assert train(planted, "--output-root", str(tmp_path / "duckdb")) == 0
-    use_daft(planted)
-    assert train(planted, "--output-root", str(tmp_path / "daft")) == 0
-    assert_same_bytes(tmp_path / "duckdb", tmp_path / "daft")
-    rules = Rules(like_cap=5, like_window=dt.timedelta(days=3))
-    expected, _ = reference_days(planted.root.parent / "sources", [D1, D2], rules)
-    for day in (D1, D2):
-        assert_same_rows(read_output(tmp_path / "daft" / f"dt={day}"), expected[day], str(day))
-
-
-@pytest.mark.slow
-def test_daft_engine_matches_duckdb_bytes_on_the_small_demo(project, tmp_path):
-    from daedalus.demo.data import PRESETS, generate_demo_data
-
-    generate_demo_data(project.root.parent / "sources", PRESETS["small"])
-    assert train(project, "--output-root", str(tmp_path / "duckdb")) == 0
-    use_daft(project)
-    assert train(project, "--output-root", str(tmp_path / "daft")) == 0
-    assert_same_bytes(tmp_path / "duckdb", tmp_path / "daft")
 
 
 def test_the_daft_engine_really_runs_the_aggregate(planted, tmp_path, monkeypatch):  # noqa: F811

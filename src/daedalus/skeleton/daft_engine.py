@@ -31,22 +31,11 @@ import pyarrow as pa
 
 from daedalus.core.config import parse_duration
 from daedalus.core.operators import PointInTimeJoin, RollingAggregate, RollingSpec
+from daedalus.skeleton.rolling import counter, counters_and_windows, list_order
 
 SPINE_ROW = "spine_row"
 _E, _TS, _T = "__entity", "__ts", "__t"
 _TICK = dt.timedelta(microseconds=1)
-
-
-def _counter(spec: RollingSpec) -> str:
-    """Which running count a spec slices by (the SQL's `_counter`): rows or non-null values."""
-    if spec.function == "last_n_list" or spec.column is None:
-        return "__n_rows"
-    return f"__n_{spec.column}"
-
-
-def _list_order(spec: RollingSpec, ts: str) -> list[str]:
-    order = list(spec.order_by) or [ts]
-    return [*order, spec.column] if spec.column not in order else order
 
 
 def rolling_aggregate(op: RollingAggregate, spine: pa.Table, rows: pa.Table,
@@ -59,8 +48,7 @@ def rolling_aggregate(op: RollingAggregate, spine: pa.Table, rows: pa.Table,
     from daft import Window, col
 
     entity, ts = op.entity, op.timestamp_field
-    counters = list(dict.fromkeys(_counter(s) for s in op.aggregations))
-    windows = list(dict.fromkeys(s.window for s in op.aggregations))
+    counters, windows = counters_and_windows(op)
     view = daft.from_arrow(rows).where(col(entity).not_null())
     keys = daft.from_arrow(spine.select([SPINE_ROW, entity, spine_ts])).select(
         col(SPINE_ROW), col(entity).alias(_E), col(spine_ts).alias(_T))
@@ -89,7 +77,7 @@ def rolling_aggregate(op: RollingAggregate, spine: pa.Table, rows: pa.Table,
     columns = [bounds.column(SPINE_ROW)]
     names = [SPINE_ROW]
     for s in op.aggregations:
-        c = _counter(s)
+        c = counter(s, "__")
         hi = bounds.column(f"{c}@t").to_numpy()
         lo = bounds.column(f"{c}@{s.window}").to_numpy()
         names.append(s.name)
@@ -106,7 +94,7 @@ def _slices(view, entity: str, spec: RollingSpec, ts: str, entities: pa.ChunkedA
     """Each spine row's `[first, hi)` run of its entity's values in list order."""
     from daft import col
 
-    order = _list_order(spec, ts)
+    order = list_order(spec, ts)
     ordered = view.sort([col(entity), *[col(c) for c in order]],
                         nulls_first=[False] * (len(order) + 1)).select(
         col(entity), col(spec.column)).to_arrow()

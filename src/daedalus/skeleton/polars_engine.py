@@ -17,22 +17,11 @@ from __future__ import annotations
 import pyarrow as pa
 
 from daedalus.core.config import parse_duration
-from daedalus.core.operators import RollingAggregate, RollingSpec
+from daedalus.core.operators import RollingAggregate
+from daedalus.skeleton.rolling import counter, counters_and_windows, list_order
 
 SPINE_ROW = "spine_row"
 _E, _TS, _T = "__entity", "__ts", "__t"
-
-
-def _counter(spec: RollingSpec) -> str:
-    """Which running count a spec slices by (the SQL's `_counter`): rows or non-null values."""
-    if spec.function == "last_n_list" or spec.column is None:
-        return "__n_rows"
-    return f"__n_{spec.column}"
-
-
-def _list_order(spec: RollingSpec, ts: str) -> list[str]:
-    order = list(spec.order_by) or [ts]
-    return [*order, spec.column] if spec.column not in order else order
 
 
 def rolling_aggregate(op: RollingAggregate, spine: pa.Table, rows: pa.Table,
@@ -44,8 +33,7 @@ def rolling_aggregate(op: RollingAggregate, spine: pa.Table, rows: pa.Table,
     import polars as pl
 
     entity, ts = op.entity, op.timestamp_field
-    counters = list(dict.fromkeys(_counter(s) for s in op.aggregations))
-    windows = list(dict.fromkeys(s.window for s in op.aggregations))
+    counters, windows = counters_and_windows(op)
     view = pl.from_arrow(rows).lazy().filter(pl.col(entity).is_not_null())
     keys = pl.from_arrow(spine.select([SPINE_ROW, entity, spine_ts])).lazy().select(
         pl.col(SPINE_ROW), pl.col(entity).alias(_E), pl.col(spine_ts).alias(_T))
@@ -73,7 +61,7 @@ def rolling_aggregate(op: RollingAggregate, spine: pa.Table, rows: pa.Table,
     if lists:
         per_entity = []
         for s in lists:
-            order = _list_order(s, ts)
+            order = list_order(s, ts)
             per_entity.append(view.sort(order, nulls_last=True, maintain_order=True)
                               .group_by(pl.col(entity).alias(_E), maintain_order=True)
                               .agg(pl.col(s.column).alias(s.name)))
@@ -82,7 +70,7 @@ def rolling_aggregate(op: RollingAggregate, spine: pa.Table, rows: pa.Table,
 
     outputs = []
     for s in op.aggregations:
-        c = _counter(s)
+        c = counter(s, "__")
         hi, lo = pl.col(f"{c}@t"), pl.col(f"{c}@{s.window}")
         if s.function == "count":
             outputs.append((hi - lo).cast(pl.Int64).alias(s.name))

@@ -31,10 +31,10 @@ from daedalus.core.operators import (
     PointInTimeJoin,
     Project,
     RollingAggregate,
-    RollingSpec,
     Scan,
     Sink,
 )
+from daedalus.skeleton.rolling import counter, list_order
 
 SPINE_ROW = "spine_row"
 _SIMPLE_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
@@ -189,14 +189,6 @@ def _pit_sql(op: PointInTimeJoin, pipeline: OperatorPipeline) -> str:
     )
 
 
-def _list_order(spec: RollingSpec, ts: str) -> list[str]:
-    order = list(spec.order_by) or [ts]
-    return [*order, spec.column] if spec.column not in order else order
-
-
-def _counter(spec: RollingSpec) -> str:
-    """The running count a spec slices by: every row, or the non-null values of `column`."""
-    return "n_rows" if spec.function == "last_n_list" or spec.column is None else f"n_{spec.column}"
 
 
 def _window_name(window: str) -> str:
@@ -207,7 +199,7 @@ def _rolling_sql(op: RollingAggregate, pipeline: OperatorPipeline) -> str:
     spine, view = op.inputs
     t = ident(spine_scan(pipeline, spine).timestamp_field)
     ts, entity = ident(op.timestamp_field), ident(op.entity)
-    counters = list(dict.fromkeys(_counter(s) for s in op.aggregations))
+    counters = list(dict.fromkeys(counter(s) for s in op.aggregations))
     windows = list(dict.fromkeys(s.window for s in op.aggregations))
     lists = [s for s in op.aggregations if s.function == "last_n_list"]
 
@@ -217,7 +209,7 @@ def _rolling_sql(op: RollingAggregate, pipeline: OperatorPipeline) -> str:
         for c in counters
     )
     list_cols = ",\n           ".join(
-        f"list({ident(s.column)} ORDER BY {_cols(_list_order(s, op.timestamp_field))})"
+        f"list({ident(s.column)} ORDER BY {_cols(list_order(s, op.timestamp_field))})"
         f" AS {ident(s.name)}"
         for s in lists
     )
@@ -235,7 +227,7 @@ def _rolling_sql(op: RollingAggregate, pipeline: OperatorPipeline) -> str:
         )
     outputs = []
     for s in op.aggregations:
-        c = _counter(s)
+        c = counter(s)
         hi, lo = f"{c}_before_t", f"{c}_{_window_name(s.window)}"
         if s.function == "count":
             outputs.append(f"bounds.{hi} - bounds.{lo} AS {ident(s.name)}")
