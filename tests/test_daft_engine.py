@@ -8,8 +8,8 @@ win."""
 
 from __future__ import annotations
 
-from test_skeleton_engines import assert_same_bytes
 from test_skeleton import D1, D2, D3, planted, train  # noqa: F401
+from test_skeleton_engines import assert_same_bytes
 
 from daedalus.cli import main
 

@@ -323,7 +323,7 @@ def _explain(exc: ValidationError, path: Path) -> DaedalusError:
     if err["type"] == "missing":
         return DaedalusError(f"{path}: {loc}: required key is missing (fix: add `{loc}:`)")
     got = err.get("input")
-    secret = bool({"access_key_id", "secret_access_key"} & {str(part) for part in err["loc"]})
+    secret = bool(set(CREDENTIAL_KEYS) & {str(part) for part in err["loc"]})
     shown = "" if isinstance(got, dict | list) or got is None or secret else f" (got {got!r})"
     return DaedalusError(f"{path}: {loc}: {msg}{shown} (fix: correct `{loc}` in {path})")
 

@@ -34,7 +34,7 @@ from daedalus.core.operators import (
     Scan,
     Sink,
 )
-from daedalus.skeleton.rolling import counter, list_order
+from daedalus.skeleton.rolling import counter, counters_and_windows, list_order
 
 SPINE_ROW = "spine_row"
 _SIMPLE_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
@@ -189,8 +189,6 @@ def _pit_sql(op: PointInTimeJoin, pipeline: OperatorPipeline) -> str:
     )
 
 
-
-
 def _window_name(window: str) -> str:
     return "before_" + re.sub(r"\s+", "", window)
 
@@ -199,8 +197,7 @@ def _rolling_sql(op: RollingAggregate, pipeline: OperatorPipeline) -> str:
     spine, view = op.inputs
     t = ident(spine_scan(pipeline, spine).timestamp_field)
     ts, entity = ident(op.timestamp_field), ident(op.entity)
-    counters = list(dict.fromkeys(counter(s) for s in op.aggregations))
-    windows = list(dict.fromkeys(s.window for s in op.aggregations))
+    counters, windows = counters_and_windows(op, prefix="")
     lists = [s for s in op.aggregations if s.function == "last_n_list"]
 
     marks = ",\n           ".join(
@@ -369,6 +366,8 @@ UDF_MATERIALIZED = (
     "its values come from a Python function on the day's date-order turn, so they are held"
     " in memory (one row per input value) and joined into the day's single statement"
 )
+
+
 def engine_materialized(engine: str) -> str:
     """Why an operator another engine than DuckDB computes is held, not streamed."""
     return (f"engine {engine} computes it from its scanned inputs, so its rows are held in"

@@ -242,12 +242,15 @@ def node_store_recipe(config: Config, name: str, path: Path) -> dict[str, Any] |
 
 def store_on_this_node(config: Config, name: str, source_fingerprint: str | None) -> Path:
     """The store as this process resolves its path (a node's own working directory), built
-    there when missing, and again when its source fingerprint is not the driver's copy's. The
-    checks run under the store's build lock, so of a node's actors one builds and the others
-    find its copy. A source that changed since the driver built its copy is an error: the
-    day's manifest records the driver's store version."""
+    there when missing, and again when its source fingerprint is not the driver's copy's. A
+    copy that holds is used as it is; otherwise the check runs again under the store's build
+    lock, so of a node's actors one builds and the others find its copy. A source that changed
+    since the driver built its copy is an error: the day's manifest records the driver's store
+    version."""
     spec = store_spec(config, name)
     path = config.store_path(spec).absolute()
+    if is_store(path) and source_fingerprint in (None, _metadata(path).get("source_fingerprint")):
+        return path  # the node's copy holds: no lock, and no listing of the bucket's source
     build_store(config, name, force=source_fingerprint is not None,
                 keep_fingerprint=source_fingerprint)
     built = _metadata(path).get("source_fingerprint")
