@@ -10,6 +10,13 @@ with the window length. The recovery never has to be "right", only valid:
 every row's list must equal its slice exactly, which is checked element by
 element; where an overlap does not check out the row simply starts afresh.
 
+The sums are exact: a float16 value is a multiple of 2^-24, so float64 sums of
+them round nothing while every partial sum stays below 2^29 in magnitude (a chunk
+of the sequence shorter than 8,192 positions, or a store whose values are that
+small; otherwise the prefix runs in int64 fixed point). A row's mean is then its
+exact sum times 1/count, rounded to float16: it does not depend on which rows
+share its batch, so every engine, batch size and partitioning gives the same bytes.
+
 Everything here is vectorized over rows; the only Python loop is over chunks of
 a few thousand sequence positions, which bounds the float64 prefix in memory.
 """
@@ -21,9 +28,15 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from daedalus.core.errors import DaedalusError
 from daedalus.store.table import EmbeddingTable
 
 PREFIX_CHUNK = 512
+# float16 values are multiples of 2^-24: float64 (53-bit) sums of them are exact below 2^29,
+# int64 fixed-point sums (value * 2^24) below 2^39.
+FLOAT64_EXACT_BELOW = 2.0**29
+FIXED_EXACT_BELOW = 2.0**39
+FLOAT16_MAX = 65504.0
 
 
 def unique_ids(ids: np.ndarray) -> np.ndarray:
@@ -145,9 +158,8 @@ def window_pool(windows: LikeWindows, table: EmbeddingTable,
     none of the row's ids.
 
     Each distinct slice is computed once (consecutive impressions often share a
-    list). Sums are float64 prefix differences, so the float16 result matches a
-    float32 direct sum up to rounding; chunks of the sequence begin at a user's
-    first position, so no slice crosses a chunk.
+    list). Sums are exact prefix differences (see the module docstring); chunks of
+    the sequence begin at a user's first position, so no slice crosses a chunk.
     """
     seq_rows = table.rows_of(windows.sequence)
     found = np.zeros(windows.sequence.size + 1, dtype=np.int64)
@@ -166,12 +178,18 @@ def window_pool(windows: LikeWindows, table: EmbeddingTable,
     means = np.empty((keys.size, table.dim), dtype=np.float16)
     cuts = _chunk_starts(windows.user_start, windows.sequence.size, chunk)
     at = np.searchsorted(start, cuts, side="left")
+    fixed = not _float64_exact(table, int(np.diff(cuts).max()))
     for lo, hi, w_lo, w_hi in zip(cuts[:-1], cuts[1:], at[:-1], at[1:], strict=True):
         if w_lo == w_hi:
             continue
-        prefix = _prefix_sums(table.matrix, seq_rows[lo:hi])
-        sums = prefix[end[w_lo:w_hi] - lo]
-        sums -= prefix[start[w_lo:w_hi] - lo]
+        if fixed:
+            prefix = _fixed_prefix_sums(table.matrix, seq_rows[lo:hi])
+            sums = (prefix[end[w_lo:w_hi] - lo] - prefix[start[w_lo:w_hi] - lo]).astype(np.float64)
+            sums *= 2.0**-24
+        else:
+            prefix = _prefix_sums(table.matrix, seq_rows[lo:hi])
+            sums = prefix[end[w_lo:w_hi] - lo]
+            sums -= prefix[start[w_lo:w_hi] - lo]
         sums *= scale[w_lo:w_hi, None]
         means[w_lo:w_hi] = sums
     return PooledVectors(index, means)
@@ -200,6 +218,26 @@ def _prefix_sums(matrix: np.ndarray, rows: np.ndarray, block: int = 16) -> np.nd
     for b in range(1, nb):
         blocks[b] += blocks[b - 1, -1]
     return out[: m + 1]
+
+
+def _float64_exact(table: EmbeddingTable, longest: int) -> bool:
+    """Whether float64 prefix sums over chunks of at most `longest` positions are exact: any
+    float16 values are when the chunks are short; else it takes the table's own magnitude.
+    Past what int64 fixed point holds exactly, the batch is too large to pool exactly."""
+    if longest * FLOAT16_MAX < FLOAT64_EXACT_BELOW:
+        return True
+    bound = longest * table.max_abs
+    if bound >= FIXED_EXACT_BELOW:
+        raise DaedalusError(f"avg_pool: one user's like sequence of {longest:,} ids in a batch"
+                            " cannot be pooled exactly (fix: lower enrich_batch_rows)")
+    return bound < FLOAT64_EXACT_BELOW
+
+
+def _fixed_prefix_sums(matrix: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """int64 prefix sums of `matrix[rows] * 2^24` (exact integers), row 0 zero."""
+    out = np.zeros((rows.size + 1, matrix.shape[1]), dtype=np.int64)
+    np.cumsum((matrix[rows].astype(np.float64) * 2.0**24).astype(np.int64), axis=0, out=out[1:])
+    return out
 
 
 def _chunk_starts(user_start: np.ndarray, total: int, chunk: int) -> np.ndarray:

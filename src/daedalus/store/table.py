@@ -3,6 +3,7 @@ of an embedding store hands out and every enrich kernel gathers from."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,13 @@ class EmbeddingTable:
     @property
     def dim(self) -> int:
         return self.matrix.shape[1]
+
+    @functools.cached_property
+    def max_abs(self) -> float:
+        """The largest magnitude of any value (what bounds the exactness of pooled sums)."""
+        if self.matrix.size == 0:
+            return 0.0
+        return float(max(self.matrix.max(), -self.matrix.min()))
 
     @property
     def missing_row(self) -> int:
