@@ -18,8 +18,8 @@ from daedalus.core.yamlio import dump_yaml, load_yaml_mapping
 
 Engine = Literal["sql", "sql_arrow_udf", "polars", "daft", "pythonic"]
 # Source-side operators run in the skeleton stage: in DuckDB's statement, or (polars, daft) on
-# that engine over the same scanned Arrow tables, their result held for the statement.
-SOURCE_SIDE_ENGINES = frozenset({"sql", "sql_arrow_udf", "polars", "daft"})
+# that engine over the same scanned Arrow tables, their result held for the statement. The
+# enrichment (RayUdfTransform and its Sink) runs on Ray Data actors (pythonic) or Daft's.
 
 
 class _Frozen(BaseModel):
@@ -37,14 +37,20 @@ class _Op(_Frozen):
     materialized: str | None = None
 
     CAN_RUN_ON: ClassVar[frozenset[str]] = frozenset({"sql"})
+    # The engine the compiler tags the operator with (where `compute.engine` does not move it).
+    DEFAULT_ENGINE: ClassVar[str] = "sql"
 
     def can_run_on(self) -> frozenset[str]:
         return self.CAN_RUN_ON
 
     @property
+    def default_engine(self) -> str:
+        return self.DEFAULT_ENGINE
+
+    @property
     def source_side(self) -> bool:
-        """Source-side (skeleton) operators run in DuckDB; the rest are enrichment."""
-        return self.engine in SOURCE_SIDE_ENGINES
+        """Source-side operators run in the skeleton stage; the rest are the enrichment."""
+        return True
 
 
 class Scan(_Op):
@@ -126,6 +132,7 @@ class ArrowUdfTransform(_Op):
     state_file: str
 
     CAN_RUN_ON: ClassVar[frozenset[str]] = frozenset({"sql_arrow_udf"})
+    DEFAULT_ENGINE: ClassVar[str] = "sql_arrow_udf"
 
 
 class RayEnrichment(_Frozen):
@@ -136,12 +143,18 @@ class RayEnrichment(_Frozen):
 
 
 class RayUdfTransform(_Op):
-    """Append embedding columns on Ray Data actors reading a Lance store."""
+    """Append embedding columns on an actor pool reading a Lance store: Ray Data's
+    (`pythonic`) or Daft's (`daft`)."""
 
     kind: Literal["RayUdfTransform"] = "RayUdfTransform"
     enrichments: tuple[RayEnrichment, ...]
 
-    CAN_RUN_ON: ClassVar[frozenset[str]] = frozenset({"pythonic"})
+    CAN_RUN_ON: ClassVar[frozenset[str]] = frozenset({"pythonic", "daft"})
+    DEFAULT_ENGINE: ClassVar[str] = "pythonic"
+
+    @property
+    def source_side(self) -> bool:
+        return False
 
 
 class SinkColumn(_Frozen):
@@ -159,7 +172,18 @@ class Sink(_Op):
     sort_by: tuple[str, ...]
     compression: str = "zstd"
 
-    CAN_RUN_ON: ClassVar[frozenset[str]] = frozenset({"sql", "pythonic"})
+    def can_run_on(self) -> frozenset[str]:
+        """The skeleton day is DuckDB's statement; the enriched day is written by the
+        enrichment's actors, on either of its engines."""
+        return frozenset({"sql"}) if self.target == "skeleton" else frozenset({"pythonic", "daft"})
+
+    @property
+    def default_engine(self) -> str:
+        return "sql" if self.target == "skeleton" else "pythonic"
+
+    @property
+    def source_side(self) -> bool:
+        return self.target == "skeleton"
 
 
 Operator = Annotated[
@@ -196,11 +220,12 @@ class OperatorPipeline(_Frozen):
         return [op for op in self.operators if not op.source_side]
 
     def on_engine(self, engine: str) -> OperatorPipeline:
-        """Every source-side operator that can run on `engine` (a `compute.engine`: duckdb is
-        the statement's `sql`) tagged with it; the others keep their engine."""
+        """Every operator on its default engine that can run on `engine` (a `compute.engine`:
+        duckdb is the statement's `sql`) tagged with it; the others keep their engine, so a
+        hand-edited DAG's own choices stand."""
         tag = "sql" if engine == "duckdb" else engine
         ops = tuple(op.model_copy(update={"engine": tag})
-                    if op.source_side and op.engine == "sql" and tag in op.can_run_on() else op
+                    if op.engine == op.default_engine and tag in op.can_run_on() else op
                     for op in self.operators)
         return self.model_copy(update={"operators": ops})
 

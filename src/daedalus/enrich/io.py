@@ -108,6 +108,31 @@ def skeleton_source(files: list[Path], columns: list[str], batch_rows: int):
     from ray.data import Datasource, ReadTask
     from ray.data.block import BlockMetadata
 
+    pieces = skeleton_pieces(files, columns, batch_rows)
+
+    class SkeletonDay(Datasource):
+        def get_name(self) -> str:
+            return "SkeletonDay"
+
+        def estimate_inmemory_data_size(self) -> int:
+            return sum(size for *_, size in pieces)
+
+        def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                           data_context: Any = None) -> list:
+            return [ReadTask(functools.partial(read_piece, path, groups, columns, batch_rows),
+                             BlockMetadata(num_rows=rows, size_bytes=size, input_files=[str(path)],
+                                           exec_stats=None),
+                             per_task_row_limit=per_task_row_limit)
+                    for path, groups, rows, size in pieces]
+
+    return SkeletonDay(), len(pieces)
+
+
+def skeleton_pieces(files: list[Path | ObjectPath], columns: list[str], batch_rows: int
+                    ) -> list[tuple[Path | ObjectPath, tuple[int, ...], int, int]]:
+    """The day in pieces, in row order: (file, its row groups, rows, uncompressed bytes of
+    `columns`), each piece a run of whole row groups of at least `batch_rows` rows (or a
+    file's last groups), sized from the footers alone."""
     pieces = []
     for path in files:
         meta = open_parquet(path).metadata
@@ -122,27 +147,12 @@ def skeleton_source(files: list[Path], columns: list[str], batch_rows: int):
             if rows >= batch_rows or g == meta.num_row_groups - 1:
                 pieces.append((path, tuple(groups), rows, size))
                 groups, rows, size = [], 0, 0
-
-    class SkeletonDay(Datasource):
-        def get_name(self) -> str:
-            return "SkeletonDay"
-
-        def estimate_inmemory_data_size(self) -> int:
-            return sum(size for *_, size in pieces)
-
-        def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
-                           data_context: Any = None) -> list:
-            return [ReadTask(functools.partial(_read_piece, path, groups, columns, batch_rows),
-                             BlockMetadata(num_rows=rows, size_bytes=size, input_files=[str(path)],
-                                           exec_stats=None),
-                             per_task_row_limit=per_task_row_limit)
-                    for path, groups, rows, size in pieces]
-
-    return SkeletonDay(), len(pieces)
+    return pieces
 
 
-def _read_piece(path: Path | ObjectPath, groups: tuple[int, ...], columns: list[str],
-                batch_rows: int) -> Iterator[pa.Table]:
+def read_piece(path: Path | ObjectPath, groups: tuple[int, ...], columns: list[str],
+               batch_rows: int) -> Iterator[pa.Table]:
+    """One piece's `columns`, `batch_rows` rows at a time."""
     for batch in open_parquet(path).iter_batches(batch_size=batch_rows, row_groups=groups,
                                                    columns=columns):
         yield pa.Table.from_batches([batch])

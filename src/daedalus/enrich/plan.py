@@ -75,6 +75,10 @@ class EnrichPlan:
         if len(sinks) != 1 or sinks[0].inputs != (op.name,):
             raise DaedalusError(f"{where}: operators: the enriched Sink must read {op.name!r}"
                                 " (fix: recompile with `daeda pipeline compile`)")
+        if sinks[0].engine != op.engine:
+            raise DaedalusError(f"{where}: operators.{sinks[0].name}.engine: {sinks[0].engine!r},"
+                                f" but {op.name} runs on {op.engine!r}: the enrichment's actors"
+                                f" write its sink (fix: set both to {op.engine!r})")
         entity = {a.name: a.entity for a in config.aggregations.aggregation_specs}
         known = {s.name for s in config.aggregations.embedding_stores}
         enrichments = []

@@ -24,12 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from daedalus.core.config import Config
+from daedalus.core.daft_runner import use_daft_runner
 from daedalus.core.envelope import RayEnvelope
 from daedalus.core.errors import DaedalusError
 from daedalus.core.faults import crash_point
 from daedalus.core.operators import OperatorPipeline
 from daedalus.core.results import DayResult
 from daedalus.enrich.batch import EnrichBatches
+from daedalus.enrich.daft_day import enrich_on_daft
 from daedalus.enrich.io import (
     check_skeleton,
     configure_ray_data,
@@ -159,21 +161,27 @@ def _run_day(plan: EnrichPlan, config: Config, day: dt.date, skeleton_root: Path
     with day_lock(enriched_root, day), \
             ThreadPoolExecutor(1, thread_name_prefix="enrich-early-preload") as early:
         loaded, timings = None, {}
-        if not runtime.started and envelope.preload_day_embeddings:
+        on_daft = plan.op.engine == "daft"
+        if not runtime.started and envelope.preload_day_embeddings and not on_daft:
             loaded = early.submit(day_tables, plan, files, stores)
         ray_started = time.perf_counter()
         first = not runtime.started
-        effective = runtime.start(envelope, worker_env=S3Settings.resolve(
-            config.base.object_storage).environment())
-        if first:
-            timings["ray_start"] = time.perf_counter() - ray_started
+        effective = envelope
+        if not on_daft or envelope.address:  # Daft's Ray runner uses the run's Ray connection
+            effective = runtime.start(envelope, worker_env=S3Settings.resolve(
+                config.base.object_storage).environment())
+            if first:
+                timings["ray_start"] = time.perf_counter() - ray_started
+        if on_daft:
+            use_daft_runner(on_ray=bool(envelope.address))
         written, parts = _enrich_day(plan, config, day, files, rows, stores, fingerprint,
-                                     enriched_root, effective, runtime, timings, loaded)
+                                     enriched_root, effective, runtime, timings, loaded, progress)
         remove_empty_manifest(enriched_root, day)
     seconds = time.perf_counter() - started
     rate = rows / max(seconds, 1e-9)
+    engine = "daft" if on_daft else "ray data"
     message = (f"wrote {written:,} rows in {len(parts)} file(s) → {target}"
-               f" ({effective.actor_pool_size()} actor(s), {rate:,.0f} rows/s)")
+               f" ({effective.actor_pool_size()} {engine} actor(s), {rate:,.0f} rows/s)")
     progress(f"enrich {day}: {message}")
     return DayResult("enrich", day, "written", written, str(target), seconds, message)
 
@@ -181,9 +189,39 @@ def _run_day(plan: EnrichPlan, config: Config, day: dt.date, skeleton_root: Path
 def _enrich_day(plan: EnrichPlan, config: Config, day: dt.date, files: list[Path], rows: int,
                 stores: dict[str, dict], fingerprint, enriched_root: Path,
                 envelope: RayEnvelope, runtime: RayRuntime, timings: dict[str, float],
-                loaded: Future | None = None) -> tuple[int, list[str]]:
-    """`loaded`: the day's tables, already being read while Ray started (a process's first
-    day); otherwise the preload reads them itself."""
+                loaded: Future | None, progress: Progress) -> tuple[int, list[str]]:
+    """Write the day into a staging folder on the operator's engine, check its rows, add the
+    manifest and publish it. `loaded`: the day's tables, already being read while Ray started
+    (a process's first day); otherwise the preload reads them itself."""
+    node_stores = {name: recipe for name, args in stores.items()
+                   if (recipe := node_store_recipe(config, name, Path(args["path"])))}
+    with staged_day(enriched_root, day, direct=True) as staging:
+        started = time.perf_counter()
+        if plan.op.engine == "daft":
+            enrich_on_daft(plan, day, files, rows, stores, node_stores, staging,
+                           config.runtime.enrich_batch_rows, envelope, progress)
+            timings["daft"] = time.perf_counter() - started
+        else:
+            _on_ray_data(plan, config, day, files, stores, node_stores, staging, envelope,
+                         runtime, timings, loaded)
+            timings["ray"] = time.perf_counter() - started
+        listed = written_parts(staging)
+        parts, written = [name for name, _ in listed], sum(rows for _, rows in listed)
+        if written != rows:
+            raise DaedalusError(f"{plan.op.name}: wrote {written:,} rows for the {rows:,} rows of"
+                                f" skeleton day {day} (fix: rerun; if it persists, report it)")
+        write_manifest(staging, Manifest(stage="enrich", day=day.isoformat(), rows=written,
+                                         files=parts, fingerprint=fingerprint,
+                                         timings={k: round(v, 3) for k, v in timings.items()}))
+        crash_point("enrich.before_publish")
+    return written, parts
+
+
+def _on_ray_data(plan: EnrichPlan, config: Config, day: dt.date, files: list[Path],
+                 stores: dict[str, dict], node_stores: dict[str, dict], staging,
+                 envelope: RayEnvelope, runtime: RayRuntime, timings: dict[str, float],
+                 loaded: Future | None) -> None:
+    """The day's parts into `staging` through one streaming Ray Data plan."""
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -194,13 +232,11 @@ def _enrich_day(plan: EnrichPlan, config: Config, day: dt.date, files: list[Path
         preload = preloading(runtime.box, plan, files, stores, day, timings, loaded)
     else:
         spec["readers"] = stores
-        spec["node_stores"] = {name: recipe for name, args in stores.items()
-                               if (recipe := node_store_recipe(config, name, Path(args["path"])))}
+        spec["node_stores"] = node_stores
         preload = contextlib.nullcontext(None)
 
     pool = envelope.actor_pool_size()
-    with staged_day(enriched_root, day, direct=True) as staging, preload as handoff:
-        started = time.perf_counter()
+    with preload as handoff:
         spec["handoff"] = handoff
         source, pieces = skeleton_source(files, plan.read_columns, config.runtime.enrich_batch_rows)
         ds = ray.data.read_datasource(source, override_num_blocks=pieces, concurrency=1,
@@ -222,14 +258,3 @@ def _enrich_day(plan: EnrichPlan, config: Config, day: dt.date, files: list[Path
             ds.write_datasink(parquet_sink(staging, plan.sink.compression, plan.plain_columns, handoff),
                               ray_remote_args={"num_cpus": WRITE_TASK_CPUS},
                               concurrency=write_concurrency(envelope))
-        timings["ray"] = time.perf_counter() - started
-        listed = written_parts(staging)
-        parts, written = [name for name, _ in listed], sum(rows for _, rows in listed)
-        if written != rows:
-            raise DaedalusError(f"{plan.op.name}: wrote {written:,} rows for the {rows:,} rows of"
-                                f" skeleton day {day} (fix: rerun; if it persists, report it)")
-        write_manifest(staging, Manifest(stage="enrich", day=day.isoformat(), rows=written,
-                                         files=parts, fingerprint=fingerprint,
-                                         timings={k: round(v, 3) for k, v in timings.items()}))
-        crash_point("enrich.before_publish")
-    return written, parts
