@@ -142,6 +142,31 @@ def handed_over(handoff: tuple[Any, str]) -> dict[str, EmbeddingTable]:
     return tables
 
 
+def store_readers(readers: dict[str, dict], node_stores: dict[str, dict]) -> dict[str, StoreReader]:
+    """Each store's `StoreReader` in an actor (`readers`: its arguments); where a node builds
+    its own copy of a store (`node_stores`: how), the reader opens that copy."""
+    opened = {}
+    for store, args in readers.items():
+        recipe = node_stores.get(store)
+        if recipe is not None:
+            args = {**args, "path": str(store_on_this_node(**recipe))}
+        opened[store] = StoreReader(**args)
+    return opened
+
+
+def enrich_batch(batch: pa.Table, enrichments: list[Enrichment], tables: dict[str, EmbeddingTable],
+                 readers: dict[str, StoreReader], columns: list[str], provenance: bytes) -> pa.Table:
+    """`compact_table` of one batch, with the vectors it needs taken from each reader's store
+    (`tables`: the day's preloaded ones) and the actor's provenance in its schema metadata."""
+    held = dict(tables)
+    for store, reader in readers.items():
+        mine = [e for e in enrichments if e.store == store]
+        held[store] = reader.table(needed_ids(batch, mine))
+    table = compact_table(batch, enrichments, held, columns, shared=tables)
+    return table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                          PROVENANCE_KEY: provenance})
+
+
 class EnrichBatches:
     """The actor: holds the day's embeddings (or the store's id index) and enriches batches.
 
@@ -155,23 +180,13 @@ class EnrichBatches:
         self.enrichments = [Enrichment(**e) for e in spec["enrichments"]]
         self.columns = spec["columns"]
         self.tables: dict[str, EmbeddingTable] = {}
-        self.readers: dict[str, StoreReader] = {}
         if spec["handoff"] is not None:
             self.tables = handed_over(spec["handoff"])
-        for store, args in spec["readers"].items():
-            recipe = spec.get("node_stores", {}).get(store)
-            if recipe is not None:
-                args = {**args, "path": str(store_on_this_node(**recipe))}
-            self.readers[store] = StoreReader(**args)
+        self.readers = store_readers(spec["readers"], spec.get("node_stores", {}))
         ctx = ray.get_runtime_context()
         self.provenance = json.dumps({"actor_id": ctx.get_actor_id(), "pid": os.getpid(),
                                       "node_id": ctx.get_node_id()}).encode()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        tables = dict(self.tables)
-        for store, reader in self.readers.items():
-            mine = [e for e in self.enrichments if e.store == store]
-            tables[store] = reader.table(needed_ids(batch, mine))
-        table = compact_table(batch, self.enrichments, tables, self.columns, shared=self.tables)
-        return table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                              PROVENANCE_KEY: self.provenance})
+        return enrich_batch(batch, self.enrichments, self.tables, self.readers, self.columns,
+                            self.provenance)

@@ -31,13 +31,11 @@ from typing import Any
 
 from daedalus.core.daft_runner import daft_nodes
 from daedalus.core.envelope import RayEnvelope
-from daedalus.enrich.batch import PROVENANCE_KEY, compact_table, needed_ids
+from daedalus.enrich.batch import enrich_batch, store_readers
 from daedalus.enrich.io import read_piece, skeleton_pieces, write_part
-from daedalus.enrich.partitions import PartitionSizing, size_partitions
+from daedalus.enrich.partitions import size_partitions
 from daedalus.enrich.plan import Enrichment, EnrichPlan
 from daedalus.storage.objects import ObjectPath
-from daedalus.store.build import store_on_this_node
-from daedalus.store.reader import StoreReader
 
 Progress = Callable[[str], None]
 
@@ -45,7 +43,7 @@ Progress = Callable[[str], None]
 def enrich_on_daft(plan: EnrichPlan, day: dt.date, files: list[Path | ObjectPath], rows: int,
                    stores: dict[str, dict], node_stores: dict[str, dict],
                    staging: Path | ObjectPath, batch_rows: int, envelope: RayEnvelope,
-                   progress: Progress) -> PartitionSizing:
+                   progress: Progress) -> None:
     """Write the day's enriched parts into `staging` on this process's Daft runner."""
     import daft
     from daft import col
@@ -56,22 +54,16 @@ def enrich_on_daft(plan: EnrichPlan, day: dt.date, files: list[Path | ObjectPath
     sizing = size_partitions(rows, nodes, pool, batch_rows, len(pieces))
     progress(f"enrich {day}: daft: {len(pieces)} piece(s), {pool} actor(s) on {nodes} node(s);"
              f" {sizing.why}")
-    frame = daft.from_pydict({
-        "piece": list(range(len(pieces))),
-        "path": [str(path) for path, *_ in pieces],
-        "groups": [list(groups) for _, groups, *_ in pieces],
-    })
+    frame = daft.from_pydict({"piece": list(range(len(pieces)))})
     if nodes > 1:
         frame = frame.repartition(sizing.partitions)
     spec = {"enrichments": [e.__dict__ for e in plan.enrichments], "columns": plan.columns,
             "plain": plan.plain_columns, "read_columns": plan.read_columns,
             "compression": plan.sink.compression, "batch_rows": batch_rows,
             "readers": stores, "node_stores": node_stores, "staging": staging,
-            "paths": {str(path): path for path, *_ in pieces}}
+            "pieces": [(path, groups) for path, groups, *_ in pieces]}
     writer = daft.cls(max_concurrency=pool, use_process=True)(PieceWriter)(spec)
-    frame.into_batches(1).select(
-        writer.write(col("piece"), col("path"), col("groups"))).collect()
-    return sizing
+    frame.into_batches(1).select(writer.write(col("piece"))).collect()
 
 
 class PieceWriter:
@@ -80,29 +72,26 @@ class PieceWriter:
     `spec`: the enrichments (as dicts), the output, plain and read columns, the sink's
     compression, the batch size, each store's `StoreReader` arguments (`readers`) and, where
     each node builds its own copy of a store (`node_stores`), how to build it, the staging
-    folder, and each piece's source file by its string form (`paths`)."""
+    folder, and the day's pieces (file, row groups) by number (`pieces`)."""
 
     def __init__(self, spec: dict[str, Any]):
         self.spec = spec
         self.enrichments = [Enrichment(**e) for e in spec["enrichments"]]
-        self.readers = {}
-        for store, args in spec["readers"].items():
-            recipe = spec["node_stores"].get(store)
-            if recipe is not None:
-                args = {**args, "path": str(store_on_this_node(**recipe))}
-            self.readers[store] = StoreReader(**args)
+        self.readers = store_readers(spec["readers"], spec["node_stores"])
         self.provenance = json.dumps({"engine": "daft", "pid": os.getpid(),
                                       "node": socket.gethostname()}).encode()
 
-    def write(self, piece: int, path: str, groups: list[int]) -> int:
-        """Enrich and write one piece, `part-<piece>-<batch>.parquet`; returns its rows."""
+    def write(self, piece: int) -> int:
+        """Enrich and write piece number `piece` as `part-<piece>-<batch>.parquet`; returns
+        its rows."""
         spec, written = self.spec, 0
-        source = spec["paths"][path]
+        path, groups = spec["pieces"][piece]
         with ThreadPoolExecutor(1, thread_name_prefix="piece-writer") as pool:
             pending = None
-            for i, batch in enumerate(read_piece(source, tuple(groups), spec["read_columns"],
+            for i, batch in enumerate(read_piece(path, groups, spec["read_columns"],
                                                  spec["batch_rows"])):
-                table = self._compact(batch)
+                table = enrich_batch(batch, self.enrichments, {}, self.readers,
+                                     spec["columns"], self.provenance)
                 if pending is not None:
                     written += pending.result()
                 target = spec["staging"] / f"part-{piece:05d}-{i:05d}.parquet"
@@ -111,12 +100,3 @@ class PieceWriter:
             if pending is not None:
                 written += pending.result()
         return written
-
-    def _compact(self, batch):
-        tables = {}
-        for store, reader in self.readers.items():
-            mine = [e for e in self.enrichments if e.store == store]
-            tables[store] = reader.table(needed_ids(batch, mine))
-        table = compact_table(batch, self.enrichments, tables, self.spec["columns"])
-        return table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                              PROVENANCE_KEY: self.provenance})

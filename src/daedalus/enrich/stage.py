@@ -1,6 +1,7 @@
-"""The enrich stage: append the embedding columns on Ray Data actors backed by the Lance store.
+"""The enrich stage: append the embedding columns on actors backed by the Lance store, Ray
+Data's or (the operator tagged `daft`) Daft's (`daft_day`).
 
-Per day, one streaming Ray Data plan: a read of the skeleton day's files in order
+Per day on Ray Data, one streaming plan: a read of the skeleton day's files in order
 (`io.skeleton_source`, pieces of whole row groups) → `map_batches` on an actor pool
 (`batch.EnrichBatches`, pyarrow batches) → a parquet datasink writing into a staging folder
 (`io.parquet_sink`), with `preserve_order` on so every file is a contiguous, chronological
@@ -166,7 +167,7 @@ def _run_day(plan: EnrichPlan, config: Config, day: dt.date, skeleton_root: Path
             loaded = early.submit(day_tables, plan, files, stores)
         ray_started = time.perf_counter()
         first = not runtime.started
-        effective = envelope
+        effective = envelope.clamped_to_machine()  # Daft's native runner: this machine
         if not on_daft or envelope.address:  # Daft's Ray runner uses the run's Ray connection
             effective = runtime.start(envelope, worker_env=S3Settings.resolve(
                 config.base.object_storage).environment())
